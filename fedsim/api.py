@@ -1,0 +1,209 @@
+"""The public plugin API of fedsim: the only module a plugin needs to import.
+
+An *attack* receives an :class:`Observation` — exactly what an attacker at a
+given position may see in one federated round — and returns a
+:class:`Reconstruction`. A *defence* transforms a client's upload before it
+leaves the client and reports what it measured. Plugins are registered through
+Python entry points (groups ``fedsim.attacks`` and ``fedsim.defences``); each
+entry point names a subclass of :class:`Attack` or :class:`Defence`.
+
+Ground truth (the client's real batch) never appears here: fedsim scores a
+reconstruction after the attack has returned.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from fedsim.attacks.gradient_matching import MatchResult, match_gradients
+
+__all__ = [
+    "Attack",
+    "AttackParams",
+    "Defence",
+    "DefenceParams",
+    "MatchResult",
+    "Observation",
+    "Position",
+    "Reconstruction",
+    "Status",
+    "Update",
+    "UpdateKind",
+    "global_norm",
+    "match_gradients",
+]
+
+Position = Literal["server", "participant"]
+"""Where the attacker sits: ``server`` sees every client's upload separately;
+``participant`` sees only the round's aggregate (global model before/after)."""
+
+UpdateKind = Literal["gradient", "delta"]
+"""``gradient``: dL/dθ of the mean loss over the batch (FedSGD).
+``delta``: θ_after − θ_before after local training (FedAvg)."""
+
+Status = Literal["ok", "failed", "unsupported"]
+
+Update = dict[str, torch.Tensor]
+"""A model update keyed by parameter name (``model.named_parameters()``)."""
+
+
+class AttackParams(BaseModel):
+    """Base class of an attack's parameters; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DefenceParams(BaseModel):
+    """Base class of a defence's parameters; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one attacker legitimately sees of one upload (or aggregate).
+
+    Attributes:
+        position: the attacker's position.
+        round: federated round, 1-based.
+        client_id: partition id of the client whose upload this is; ``None``
+            for an aggregate seen by a participant.
+        model_factory: builds a fresh, randomly initialised model of the
+            architecture under attack; load :attr:`parameters` into it.
+        parameters: the parameters the client started the round from.
+        update: the upload after client-side defences, keyed by parameter name.
+        kind: whether :attr:`update` is a gradient or a weight delta.
+        input_shape: ``(C, H, W)`` of one input image; pixel values in [0, 1].
+        num_classes: number of classes of the classification head.
+        batch_size: number of samples behind the update (for an aggregate, the
+            sum over the round's clients).
+        lr: the clients' learning rate.
+        local_steps: optimiser steps each client took (1 for FedSGD).
+        device: where the attack should compute.
+        seed: seed the attack must use for its randomness.
+    """
+
+    position: Position
+    round: int
+    client_id: int | None
+    model_factory: Callable[[], nn.Module]
+    parameters: Mapping[str, torch.Tensor]
+    update: Mapping[str, torch.Tensor]
+    kind: UpdateKind
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    batch_size: int
+    lr: float
+    local_steps: int
+    device: torch.device
+    seed: int
+
+    def model(self) -> nn.Module:
+        """A model with the observed starting parameters, on :attr:`device`, in eval mode."""
+        model = self.model_factory()
+        model.load_state_dict(dict(self.parameters), strict=False)
+        return model.to(self.device).eval()
+
+    def gradient_estimate(self) -> Update:
+        """The update as a gradient: itself for FedSGD, ``-delta / (lr * steps)`` for FedAvg.
+
+        For FedAvg this is an approximation (exact only for one local step);
+        results record :attr:`kind` so the approximation is visible.
+        """
+        if self.kind == "gradient":
+            return {k: v.to(self.device) for k, v in self.update.items()}
+        scale = -1.0 / (self.lr * self.local_steps)
+        return {k: (v * scale).to(self.device) for k, v in self.update.items()}
+
+
+@dataclass
+class Reconstruction:
+    """What an attack returns.
+
+    Attributes:
+        images: ``(B, C, H, W)`` float tensor in [0, 1], or ``None`` when failed.
+        labels: ``(B,)`` int64 tensor of recovered labels, or ``None``.
+        status: ``ok``, ``failed`` (with :attr:`reason`) or ``unsupported``.
+        reason: why it failed or is unsupported; empty when ok.
+        diagnostics: the attack's own numbers (JSON-serialisable): e.g.
+            ``loss_curve`` (list of floats), ``iterations``, ``seconds``.
+    """
+
+    images: torch.Tensor | None
+    labels: torch.Tensor | None = None
+    status: Status = "ok"
+    reason: str = ""
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status == "ok" and self.images is None:
+            raise ValueError("an ok Reconstruction needs images")
+        if self.images is not None and self.images.dim() != 4:
+            raise ValueError(f"images must be (B, C, H, W), got {tuple(self.images.shape)}")
+
+    @classmethod
+    def failed(cls, reason: str, **diagnostics: Any) -> Reconstruction:
+        return cls(images=None, status="failed", reason=reason, diagnostics=diagnostics)
+
+    @classmethod
+    def unsupported(cls, reason: str) -> Reconstruction:
+        return cls(images=None, status="unsupported", reason=reason)
+
+
+class Attack(ABC):
+    """An attacker plugin. Subclasses set the class attributes and implement
+    :meth:`reconstruct`; fedsim validates the scenario's parameters against
+    :attr:`Params` and passes the validated instance to ``__init__``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[AttackParams]] = AttackParams
+
+    def __init__(self, params: AttackParams) -> None:
+        self.params = params
+
+    def supports(self, model: nn.Module) -> str | None:
+        """``None`` if the attack can run on ``model``, else the reason it cannot."""
+        return None
+
+    @abstractmethod
+    def reconstruct(self, observation: Observation) -> Reconstruction:
+        """Reconstruct the batch behind ``observation.update``."""
+
+
+class Defence(ABC):
+    """A defence plugin acting on a client's upload before it leaves the client.
+
+    Attributes:
+        formal_guarantee: whether the defence alone gives a differential-privacy
+            guarantee (plain noise without clipping does not).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    formal_guarantee: ClassVar[bool] = False
+    Params: ClassVar[type[DefenceParams]] = DefenceParams
+
+    def __init__(self, params: DefenceParams) -> None:
+        self.params = params
+
+    @abstractmethod
+    def apply(self, update: Update, generator: torch.Generator) -> tuple[Update, dict[str, float]]:
+        """Return the defended update and measurements (e.g. ``noise_std``).
+
+        ``update`` must not be modified in place. ``generator`` is the only source
+        of randomness allowed, so that runs are reproducible.
+        """
+
+
+def global_norm(update: Mapping[str, torch.Tensor]) -> float:
+    """L2 norm of all tensors of ``update`` taken together."""
+    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))

@@ -1,0 +1,1 @@
+"""Engines shared by attack plugins."""

@@ -1,0 +1,67 @@
+"""Seeded train/test split and client partitions (Flower Datasets' partitioners)."""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+
+
+def train_test_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of sample indices: about ``test_fraction`` of each class
+    goes to the test split. Both index arrays are shuffled."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_test = round(test_fraction * len(idx))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def partition_indices(
+    labels: np.ndarray,
+    num_partitions: int,
+    scheme: str,
+    seed: int,
+    alpha: float = 0.5,
+    min_partition_size: int = 1,
+) -> list[np.ndarray]:
+    """Split positions ``0..len(labels)-1`` among ``num_partitions`` clients.
+
+    Args:
+        labels: ``(N,)`` class labels of the samples to split.
+        scheme: ``iid`` (shuffled equal shards) or ``dirichlet`` (per-class
+            proportions drawn from Dirichlet(``alpha``); small alpha = strong skew).
+        min_partition_size: ``dirichlet`` redraws until every client has at least this many.
+
+    Returns:
+        One array of positions per client; together they cover every sample once.
+    """
+    if num_partitions > len(labels):
+        raise ValueError(f"cannot split {len(labels)} samples among {num_partitions} clients")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    table = Dataset.from_dict({"position": order, "label": labels[order]})
+    partitioner: Partitioner
+    if scheme == "iid":
+        partitioner = IidPartitioner(num_partitions)
+    elif scheme == "dirichlet":
+        partitioner = DirichletPartitioner(
+            num_partitions,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=min_partition_size,
+            self_balancing=False,
+            shuffle=True,
+            seed=seed,
+        )
+    else:
+        raise ValueError(f"unknown partition scheme {scheme!r}")
+    partitioner.dataset = table
+    return [
+        np.asarray(partitioner.load_partition(i)["position"], dtype=np.int64)
+        for i in range(num_partitions)
+    ]

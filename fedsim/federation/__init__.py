@@ -1,0 +1,1 @@
+"""Flower ServerApp and ClientApp, and the runner that drives them."""

@@ -1,0 +1,222 @@
+"""The attack tap: what the ServerApp's strategy hands to attackers each round.
+
+For every configured attack it builds the :class:`~fedsim.api.Observation` its
+position allows (``server``: each client's upload; ``participant``: the round's
+aggregate), runs the plugin, scores the result against the ground truth that
+travelled separately, saves PNGs and appends a :class:`Record`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsim.api import Attack, Observation, Reconstruction, Update
+from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
+from fedsim.metrics import score_batch
+from fedsim.registry import discover
+from fedsim.results.images import save_png
+from fedsim.results.store import Record, ResultsStore
+from fedsim.scenario import AttackConfig, Trial
+
+
+@dataclass(frozen=True)
+class ClientUpload:
+    """One client's reply as the server holds it (``truth`` is for scoring only)."""
+
+    client: int
+    update: Update
+    num_examples: int
+    batch_size: int
+    local_steps: int
+    metrics: dict[str, float]
+    truth: tuple[torch.Tensor, torch.Tensor] | None
+
+
+Progress = Callable[[str], None]
+
+
+def run_attack(attack: Attack, observation: Observation) -> Reconstruction:
+    """Run ``attack``, turning exceptions and non-finite output into failure records."""
+    try:
+        reason = attack.supports(observation.model())
+        if reason:
+            return Reconstruction.unsupported(reason)
+        result = attack.reconstruct(observation)
+    except Exception as exc:  # an attack must never end the run
+        return Reconstruction.failed(f"{type(exc).__name__}: {exc}")
+    if result.status == "ok" and not torch.isfinite(result.images).all():  # type: ignore[arg-type]
+        return Reconstruction.failed("attack returned non-finite pixels", **result.diagnostics)
+    return result
+
+
+class AttackTap:
+    """Runs the scenario's attacks on one trial's rounds and stores scored records."""
+
+    def __init__(
+        self,
+        trial: Trial,
+        data: FederatedData,
+        factory: ModelFactory,
+        store: ResultsStore,
+        run_dir: Path,
+        device: torch.device,
+        progress: Progress = lambda _msg: None,
+    ) -> None:
+        self.trial, self.data, self.factory = trial, data, factory
+        self.store, self.run_dir, self.device, self.progress = store, run_dir, device, progress
+        plugins = discover().attacks
+        self.attacks = [
+            (i, config, plugins[config.name](plugins[config.name].Params(**config.params)))
+            for i, config in enumerate(trial.scenario.attacks)
+        ]
+
+    def on_round(
+        self, server_round: int, start: Update, uploads: list[ClientUpload], aggregate: Update
+    ) -> None:
+        """Attack this round's uploads; ``start`` are the parameters clients started from."""
+        for index, config, attack in self.attacks:
+            if config.rounds is not None and server_round not in config.rounds:
+                continue
+            for observation, truth, measured in self._observations(
+                index, config, server_round, start, uploads, aggregate
+            ):
+                who = (
+                    "aggregate"
+                    if observation.client_id is None
+                    else f"client {observation.client_id}"
+                )
+                self.progress(f"round {server_round}: {config.name} on {who}")
+                began = time.perf_counter()
+                result = run_attack(attack, observation)
+                self.store.add(
+                    self._record(
+                        index,
+                        config,
+                        observation,
+                        result,
+                        truth,
+                        measured,
+                        time.perf_counter() - began,
+                    )
+                )
+
+    def _observations(
+        self,
+        index: int,
+        config: AttackConfig,
+        server_round: int,
+        start: Update,
+        uploads: list[ClientUpload],
+        aggregate: Update,
+    ) -> list[tuple[Observation, tuple[torch.Tensor, torch.Tensor] | None, dict[str, float]]]:
+        fed = self.trial.scenario.federation
+        kind = "gradient" if fed.protocol == "fedsgd" else "delta"
+        common: dict[str, Any] = dict(
+            position=config.position,
+            round=server_round,
+            model_factory=self.factory,
+            parameters=start,
+            kind=kind,
+            input_shape=self.data.input_shape,
+            num_classes=self.data.num_classes,
+            lr=fed.lr,
+            device=self.device,
+        )
+        if config.position == "server":
+            chosen = sorted(uploads, key=lambda u: u.client)[: config.max_clients]
+            return [
+                (
+                    Observation(
+                        **common,
+                        client_id=u.client,
+                        update=u.update,
+                        batch_size=u.batch_size,
+                        local_steps=u.local_steps,
+                        seed=derive_seed(
+                            self.trial.scenario.seed, "attack", index, server_round, u.client
+                        ),
+                    ),
+                    u.truth,
+                    u.metrics,
+                )
+                for u in chosen
+            ]
+        truths = [u.truth for u in uploads]
+        truth = None
+        if all(t is not None for t in truths):
+            truth = (torch.cat([t[0] for t in truths]), torch.cat([t[1] for t in truths]))  # type: ignore[index]
+        observation = Observation(
+            **common,
+            client_id=None,
+            update=aggregate,
+            batch_size=sum(u.batch_size for u in uploads),
+            local_steps=max(u.local_steps for u in uploads),
+            seed=derive_seed(self.trial.scenario.seed, "attack", index, server_round, "aggregate"),
+        )
+        return [(observation, truth, {})]
+
+    def _record(
+        self,
+        index: int,
+        config: AttackConfig,
+        observation: Observation,
+        result: Reconstruction,
+        truth: tuple[torch.Tensor, torch.Tensor] | None,
+        measured: dict[str, float],
+        seconds: float,
+    ) -> Record:
+        record = Record(
+            trial=self.trial.index,
+            point=self.trial.point,
+            round=observation.round,
+            client=observation.client_id,
+            position=observation.position,
+            attack=config.name,
+            attack_index=index,
+            update_kind=observation.kind,
+            status=result.status,
+            reason=result.reason,
+            diagnostics=result.diagnostics,
+            defence_measurements={k: v for k, v in measured.items() if k.startswith("defence")},
+            attack_seconds=seconds,
+        )
+        if result.status != "ok" or truth is None:
+            return record
+        originals, labels = truth
+        try:
+            scores = score_batch(originals, labels, result.images, result.labels)  # type: ignore[arg-type]
+        except ValueError as exc:
+            record.status, record.reason = "failed", f"cannot score: {exc}"
+            return record
+        stem = (
+            f"t{self.trial.index}_r{observation.round}_"
+            f"{'agg' if observation.client_id is None else f'c{observation.client_id}'}_"
+            f"a{index}-{config.name}"
+        )
+        (self.run_dir / "images").mkdir(exist_ok=True)
+        for k, score in enumerate(scores):
+            original = reconstruction = None
+            if self.trial.scenario.output.save_images:
+                original = f"images/{stem}_{k}_original.png"
+                reconstruction = f"images/{stem}_{k}_reconstruction.png"
+                save_png(originals[score.original_index], self.run_dir / original)
+                save_png(result.images[k], self.run_dir / reconstruction)  # type: ignore[index]
+            record.images.append(
+                {**score.as_dict(), "original_png": original, "reconstruction_png": reconstruction}
+            )
+        labelled = [s.label_correct for s in scores if s.label_correct is not None]
+        record.metrics = {
+            "psnr": float(np.mean([s.psnr for s in scores])),
+            "ssim": float(np.mean([s.ssim for s in scores])),
+            "mse": float(np.mean([s.mse for s in scores])),
+            "label_accuracy": float(np.mean(labelled)) if labelled else None,
+            "psnr_peak": scores[0].psnr_peak,
+        }
+        return record

@@ -1,0 +1,127 @@
+"""What the ServerApp and every ClientApp derive from one :class:`Scenario`:
+the data split, the client shards, the model factory and derived seeds.
+
+Derivation is deterministic, so each process (Flower may run clients in other
+processes or on other machines) computes the same split on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsim.data.datasets import (
+    ImageData,
+    load_cifar10,
+    load_digits,
+    load_imagefolder,
+    load_mnist,
+    load_photos,
+)
+from fedsim.data.partition import partition_indices, train_test_split
+from fedsim.models.zoo import build_model
+from fedsim.scenario import DataConfig, ModelConfig, Scenario
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed determined by ``parts`` (stable across processes, unlike ``hash``)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFF_FFFF
+
+
+def load_images(config: DataConfig, seed: int) -> ImageData:
+    """Load the configured dataset (optionally capped to ``max_samples``, class-balanced order)."""
+    if config.dataset == "digits":
+        data = load_digits(config.image_size)
+    elif config.dataset == "photos":
+        data = load_photos(config.image_size, config.samples_per_class, seed)
+    elif config.dataset == "mnist":
+        data = load_mnist(config.root, config.download, config.image_size)  # type: ignore[arg-type]
+    elif config.dataset == "cifar10":
+        data = load_cifar10(config.root, config.download, config.image_size)  # type: ignore[arg-type]
+    else:
+        data = load_imagefolder(config.root, config.image_size, config.grayscale)  # type: ignore[arg-type]
+    if config.max_samples is not None and len(data.labels) > config.max_samples:
+        keep = np.random.default_rng(seed).permutation(len(data.labels))[: config.max_samples]
+        data = data.subset(np.sort(keep))
+    return data
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """The held-out test split and each client's private training shard."""
+
+    test: ImageData
+    shards: tuple[ImageData, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.test.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.test.num_classes
+
+
+@functools.lru_cache(maxsize=4)
+def _federated_data(data_json: str, num_clients: int, seed: int) -> FederatedData:
+    config = DataConfig.model_validate_json(data_json)
+    data = load_images(config, seed)
+    labels = data.labels.numpy()
+    train_idx, test_idx = train_test_split(labels, config.test_fraction, seed)
+    shards = partition_indices(
+        labels[train_idx], num_clients, config.partition, seed, alpha=config.alpha
+    )
+    return FederatedData(
+        test=data.subset(test_idx),
+        shards=tuple(data.subset(train_idx[positions]) for positions in shards),
+    )
+
+
+def federated_data(scenario: Scenario) -> FederatedData:
+    """Split of ``scenario``'s data (cached per process)."""
+    return _federated_data(
+        scenario.data.model_dump_json(), scenario.federation.num_clients, scenario.seed
+    )
+
+
+@dataclass(frozen=True)
+class ModelFactory:
+    """Builds the scenario's model with its seeded initial parameters (picklable)."""
+
+    config: ModelConfig
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    seed: int
+
+    def __call__(self) -> nn.Module:
+        return build_model(
+            self.config.name,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            activation=self.config.activation,
+            layers=self.config.layers,
+            preset=self.config.preset,
+            kwargs=self.config.kwargs,
+            seed=self.seed,
+        )
+
+
+def model_factory(scenario: Scenario, data: FederatedData) -> ModelFactory:
+    return ModelFactory(scenario.model, data.input_shape, data.num_classes, scenario.seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA if available, else MPS if available, else CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

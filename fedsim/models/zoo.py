@@ -1,0 +1,164 @@
+"""Model zoo: the DLG paper's LeNet, a generic bias-free ConvNet (COPA's CNN3
+family as presets), and user models by import path.
+
+Every model maps ``(B, C, H, W)`` images in [0, 1] to ``(B, num_classes)`` logits.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "relu": nn.ReLU,
+}
+
+CNN3_PRESETS: dict[str, list[tuple[int, int, int]]] = {
+    # (kernel, channels, stride) per conv layer; COPA (Chen & Campbell 2021), Table 1.
+    "cnn3-1": [(3, 6, 1), (4, 3, 2)],
+    "cnn3-2": [(4, 6, 2), (3, 3, 2)],
+    "cnn3-3": [(3, 6, 1), (3, 9, 1)],
+    "cnn3-4": [(3, 1, 1), (3, 6, 1)],
+}
+
+
+class LeNet(nn.Module):
+    """The LeNet variant of DLG (Zhu et al. 2019): three 5×5 convs (strides 2, 2, 1,
+    padding 2) with 12 channels, an activation after each, and one linear layer.
+    Weights and biases are drawn from U(-0.5, 0.5) as in the paper's demo.
+
+    Needs H and W divisible by 4.
+    """
+
+    def __init__(
+        self, in_channels: int, image_size: tuple[int, int], num_classes: int, activation: str
+    ) -> None:
+        super().__init__()
+        height, width = image_size
+        if height % 4 or width % 4:
+            raise ValueError(f"lenet needs image sides divisible by 4, got {height}×{width}")
+        act = ACTIVATIONS[activation]
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 12, kernel_size=5, padding=2, stride=2),
+            act(),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=2),
+            act(),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=1),
+            act(),
+        )
+        self.fc = nn.Linear(12 * (height // 4) * (width // 4), num_classes)
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+class ConvNet(nn.Module):
+    """A plain chain of bias-free, unpadded convolutions, each followed by the same
+    activation, then one fully-connected layer with bias to the classes.
+
+    ``layers`` lists ``(kernel, out_channels, stride)`` from the input upwards.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: tuple[int, int],
+        num_classes: int,
+        layers: Sequence[tuple[int, int, int]],
+        activation: str,
+    ) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("convnet needs at least one conv layer")
+        modules: list[nn.Module] = []
+        channels, (height, width) = in_channels, image_size
+        for kernel, out_channels, stride in layers:
+            height = (height - kernel) // stride + 1
+            width = (width - kernel) // stride + 1
+            if height < 1 or width < 1:
+                raise ValueError(
+                    f"convnet layers {list(layers)} shrink a {image_size} input to nothing"
+                )
+            modules += [
+                nn.Conv2d(channels, out_channels, kernel, stride=stride, bias=False),
+                ACTIVATIONS[activation](),
+            ]
+            channels = out_channels
+        self.body = nn.Sequential(*modules)
+        self.fc = nn.Linear(channels * height * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+def import_model_class(path: str) -> type[nn.Module]:
+    """Resolve ``"package.module:ClassName"`` to a ``nn.Module`` subclass."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"model import path must look like 'pkg.module:Class', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for model {path!r}: {exc}") from exc
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{path!r} is not a torch.nn.Module subclass")
+    return cls
+
+
+def build_model(
+    name: str,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    activation: str = "sigmoid",
+    layers: Sequence[Sequence[int]] | None = None,
+    preset: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Build a model whose initial parameters depend only on the arguments.
+
+    Args:
+        name: ``lenet``, ``convnet`` or an import path ``"pkg.module:Class"``
+            (constructed with ``**kwargs``).
+        input_shape: ``(C, H, W)``.
+        activation: one of :data:`ACTIVATIONS` (zoo models only).
+        layers: ``convnet`` layers as ``(kernel, channels, stride)``.
+        preset: a key of :data:`CNN3_PRESETS` instead of ``layers``.
+        seed: seeds the parameter initialisation.
+
+    Raises:
+        ValueError: on an unknown model, a bad spec, or a user model whose output
+            is not ``(B, num_classes)``.
+    """
+    channels, height, width = input_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "lenet":
+            model: nn.Module = LeNet(channels, (height, width), num_classes, activation)
+        elif name == "convnet":
+            spec = CNN3_PRESETS[preset] if preset else layers
+            if spec is None:
+                raise ValueError("convnet needs `layers` or `preset`")
+            triples = [tuple(int(v) for v in layer) for layer in spec]
+            model = ConvNet(channels, (height, width), num_classes, triples, activation)  # type: ignore[arg-type]
+        else:
+            model = import_model_class(name)(**(kwargs or {}))
+    with torch.no_grad():
+        out = model(torch.zeros(1, *input_shape))
+    if tuple(out.shape) != (1, num_classes):
+        raise ValueError(
+            f"model {name!r} maps a {input_shape} input to {tuple(out.shape)}, "
+            f"expected (1, {num_classes})"
+        )
+    return model

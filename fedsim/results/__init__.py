@@ -1,0 +1,1 @@
+"""Results: records, tables, images."""

@@ -1,0 +1,88 @@
+"""The summary table: one row per (sweep point, attack), from the stored records."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+COLUMNS = {
+    "point": "sweep point",
+    "attack": "attack",
+    "position": "position",
+    "ok": "ok",
+    "psnr": "PSNR dB",
+    "ssim": "SSIM",
+    "mse": "MSE",
+    "label_accuracy": "label acc",
+    "test_accuracy": "test acc",
+}
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return float(np.mean(finite)) if finite else None
+
+
+def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of batch-mean metrics averaged over rounds and clients, per trial and attack.
+
+    ``test_accuracy`` is the global model's accuracy after the trial's last round.
+    """
+    rows = []
+    for trial in results["trials"]:
+        accuracy = trial["accuracy"]
+        final = accuracy[max(accuracy, key=int)] if accuracy else None
+        records = [r for r in results["records"] if r["trial"] == trial["index"]]
+        for index in sorted({r["attack_index"] for r in records}):
+            mine = [r for r in records if r["attack_index"] == index]
+            ok = [r for r in mine if r["status"] == "ok" and r["metrics"]]
+            rows.append(
+                {
+                    "trial": trial["index"],
+                    "point": short_point(trial["point"]),
+                    "attack": mine[0]["attack"],
+                    "position": mine[0]["position"],
+                    "ok": f"{len(ok)}/{len(mine)}",
+                    **{
+                        m: _mean([r["metrics"][m] for r in ok])
+                        for m in ("psnr", "ssim", "mse", "label_accuracy")
+                    },
+                    "test_accuracy": final,
+                    "reasons": sorted({r["reason"] for r in mine if r["reason"]}),
+                }
+            )
+    return rows
+
+
+def short_point(point: dict[str, Any]) -> str:
+    """``{"defences[0].sigma": 0.1}`` → ``"sigma=0.1"``."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items()) or "-"
+
+
+def _fmt(value: Any, column: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "∞"
+        return (
+            f"{value:.2e}"
+            if column == "mse"
+            else f"{value:.3f}"
+            if column != "psnr"
+            else f"{value:.1f}"
+        )
+    return str(value)
+
+
+def rich_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for column, header in COLUMNS.items():
+        left = column in ("point", "attack", "position")
+        table.add_column(header, justify="left" if left else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*(_fmt(row[c], c) for c in COLUMNS))
+    return table

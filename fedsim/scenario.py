@@ -1,0 +1,369 @@
+"""Scenario files: TOML → validated :class:`Scenario` objects, one per sweep point.
+
+A value given as a list where the schema expects a scalar (e.g. a defence's
+``sigma = [0.0, 0.01, 0.1]``) is a sweep axis; several axes form a grid.
+Every error is a :class:`ScenarioError` whose message is one line naming the
+file and the key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import sys
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedsim.models.zoo import ACTIVATIONS, CNN3_PRESETS
+from fedsim.registry import discover
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+KeyPath = tuple[str | int, ...]
+
+
+class ScenarioError(ValueError):
+    """An invalid scenario; ``str()`` is one line: ``FILE: KEY.PATH: message``."""
+
+    def __init__(self, source: str, path: KeyPath, message: str) -> None:
+        self.source, self.path, self.message = source, path, message
+        where = format_path(path)
+        super().__init__(f"{source}: {where + ': ' if where else ''}{message}")
+
+
+def format_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    """Where the images come from and how they are split among clients."""
+
+    dataset: Literal["digits", "photos", "mnist", "cifar10", "imagefolder"] = "digits"
+    root: Path | None = None
+    download: bool = False
+    image_size: int = Field(32, ge=8, le=512)
+    grayscale: bool = False
+    samples_per_class: int = Field(20, ge=1, le=10_000)
+    max_samples: int | None = Field(None, ge=2)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0.0)
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DataConfig:
+        if self.dataset in ("mnist", "cifar10", "imagefolder") and self.root is None:
+            raise ValueError(f"dataset {self.dataset!r} needs data.root")
+        return self
+
+
+class ModelConfig(Section):
+    """``lenet``, ``convnet`` (``layers`` or ``preset``) or ``"pkg.module:Class"``."""
+
+    name: str = "lenet"
+    activation: Literal[tuple(ACTIVATIONS)] = "sigmoid"  # type: ignore[valid-type]
+    layers: list[tuple[int, int, int]] | None = None
+    preset: Literal[tuple(CNN3_PRESETS)] | None = None  # type: ignore[valid-type]
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelConfig:
+        if self.name not in ("lenet", "convnet") and ":" not in self.name:
+            raise ValueError(
+                f"unknown model {self.name!r}: use 'lenet', 'convnet' or 'pkg.module:Class'"
+            )
+        if self.name == "convnet" and (self.layers is None) == (self.preset is None):
+            raise ValueError("convnet needs exactly one of `layers` or `preset`")
+        if self.layers is not None and any(min(layer) < 1 for layer in self.layers):
+            raise ValueError("convnet layers are (kernel, channels, stride), all ≥ 1")
+        return self
+
+
+class FederationConfig(Section):
+    """The Flower federation: clients, rounds and local training."""
+
+    num_clients: int = Field(4, ge=1, le=1_000_000)
+    clients_per_round: int = Field(1, ge=1)
+    rounds: int = Field(1, ge=1, le=100_000)
+    protocol: Literal["fedsgd", "fedavg"] = "fedsgd"
+    batch_size: int = Field(1, ge=1)
+    lr: float = Field(0.1, gt=0.0)
+    local_epochs: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> FederationConfig:
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"clients_per_round ({self.clients_per_round}) exceeds "
+                f"num_clients ({self.num_clients})"
+            )
+        return self
+
+
+class AttackConfig(Section):
+    """One attacker: a plugin, its position, what it targets, and its parameters."""
+
+    name: str
+    position: Literal["server", "participant"] = "server"
+    rounds: list[int] | None = Field(None, description="rounds to attack (default: all)")
+    max_clients: int = Field(1, ge=1, description="uploads attacked per round (server)")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DefenceConfig(Section):
+    """One defence plugin and its parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OutputConfig(Section):
+    dir: Path = Path("runs")
+    save_images: bool = True
+
+
+class Scenario(Section):
+    """A validated scenario with every sweep resolved to one value."""
+
+    name: str = "scenario"
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    attacks: list[AttackConfig] = Field(default_factory=list)
+    defences: list[DefenceConfig] = Field(default_factory=list)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "federation": FederationConfig,
+    "output": OutputConfig,
+}
+RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One sweep point: its index, the swept values (``"defences[0].sigma": 0.1``), the scenario."""
+
+    index: int
+    point: dict[str, Any]
+    scenario: Scenario
+
+
+# ---------------------------------------------------------------- key checks
+
+
+def _suggest(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
+
+
+def _is_list_annotation(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_is_list_annotation(a) for a in get_args(annotation) if a is not type(None))
+    return origin in (list, tuple, set, frozenset) or annotation in (list, tuple)
+
+
+def _fields(cls: type[BaseModel]) -> dict[str, bool]:
+    """Field name → whether the field itself takes a list."""
+    return {name: _is_list_annotation(f.annotation) for name, f in cls.model_fields.items()}
+
+
+@dataclass(frozen=True)
+class _Axis:
+    path: KeyPath
+    values: list[Any]
+
+
+def _scan_table(
+    table: dict[str, Any], fields: dict[str, bool], path: KeyPath, source: str
+) -> list[_Axis]:
+    """Reject unknown keys; return the sweep axes of ``table``."""
+    axes = []
+    for key, value in table.items():
+        if key not in fields:
+            raise ScenarioError(source, (*path, key), "unknown key" + _suggest(key, list(fields)))
+        if isinstance(value, list) and not fields[key]:
+            if not value:
+                raise ScenarioError(source, (*path, key), "an empty list cannot be swept")
+            axes.append(_Axis((*path, key), value))
+    return axes
+
+
+def _plugin_entry(
+    kind: str, index: int, entry: Any, source: str
+) -> tuple[type[BaseModel], dict[str, Any], dict[str, Any]]:
+    """Split one ``[[attacks]]``/``[[defences]]`` table into reserved keys and plugin params."""
+    path: KeyPath = (kind, index)
+    if not isinstance(entry, dict):
+        raise ScenarioError(source, path, "must be a table")
+    registry = discover().attacks if kind == "attacks" else discover().defences
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise ScenarioError(source, (*path, "name"), "missing plugin name")
+    if name not in registry:
+        known = sorted(registry)
+        raise ScenarioError(
+            source, (*path, "name"), f"no {kind[:-1]} plugin {name!r}" + _suggest(name, known)
+        )
+    reserved = RESERVED_ATTACK_KEYS if kind == "attacks" else ("name",)
+    head = {k: v for k, v in entry.items() if k in reserved}
+    params = {k: v for k, v in entry.items() if k not in reserved}
+    return registry[name].Params, head, params
+
+
+def _find_axes(raw: dict[str, Any], source: str) -> list[_Axis]:
+    top = _fields(Scenario)
+    axes = _scan_table(
+        {k: v for k, v in raw.items() if k not in ("attacks", "defences")}, top, (), source
+    )
+    for section, cls in SECTIONS.items():
+        value = raw.get(section, {})
+        if not isinstance(value, dict):
+            raise ScenarioError(source, (section,), "must be a table")
+        axes += _scan_table(value, _fields(cls), (section,), source)
+    for kind in ("attacks", "defences"):
+        entries = raw.get(kind, [])
+        if not isinstance(entries, list):
+            raise ScenarioError(source, (kind,), f"must be a list of tables ([[{kind}]])")
+        for i, entry in enumerate(entries):
+            params_cls, head, params = _plugin_entry(kind, i, entry, source)
+            head_cls = AttackConfig if kind == "attacks" else DefenceConfig
+            head_fields = {k: v for k, v in _fields(head_cls).items() if k != "params"}
+            axes += _scan_table(head, head_fields, (kind, i), source)
+            axes += _scan_table(params, _fields(params_cls), (kind, i), source)
+    return axes
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def _set_path(raw: dict[str, Any], path: KeyPath, value: Any) -> None:
+    node: Any = raw
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+
+
+def _validate_point(raw: dict[str, Any], source: str) -> Scenario:
+    """Validate one fully scalar scenario dict, plugin parameters included."""
+    data = {k: v for k, v in raw.items() if k not in ("attacks", "defences")}
+    for kind in ("attacks", "defences"):
+        resolved = []
+        for i, entry in enumerate(raw.get(kind, [])):
+            params_cls, head, params = _plugin_entry(kind, i, entry, source)
+            try:
+                checked = params_cls.model_validate(params)
+            except ValidationError as exc:
+                raise _from_pydantic(exc, source, (kind, i)) from None
+            resolved.append({**head, "params": checked.model_dump(mode="json")})
+        data[kind] = resolved
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise _from_pydantic(exc, source, ()) from None
+
+
+def _from_pydantic(exc: ValidationError, source: str, prefix: KeyPath) -> ScenarioError:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if p != "params")
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error":
+        message = f"{message}, got {err['input']!r}"
+    return ScenarioError(source, (*prefix, *loc), message)
+
+
+def expand(raw: dict[str, Any], source: str) -> list[Trial]:
+    """Validate ``raw`` and return one :class:`Trial` per sweep point (grid product)."""
+    axes = _find_axes(raw, source)
+    trials = []
+    for index, values in enumerate(itertools.product(*(a.values for a in axes))):
+        point_raw = _deep_copy(raw)
+        point: dict[str, Any] = {}
+        for axis, value in zip(axes, values, strict=True):
+            _set_path(point_raw, axis.path, value)
+            point[format_path(axis.path)] = value
+        trials.append(Trial(index, point, _validate_point(point_raw, source)))
+    return trials
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- files and overrides
+
+
+def parse_override(text: str, source: str = "--set") -> tuple[KeyPath, Any]:
+    """``"federation.rounds=2"`` or ``"defences[0].sigma=[0, 0.1]"`` → (path, value).
+
+    The value is read as a TOML value; if that fails, as a plain string.
+    """
+    key, sep, value_text = text.partition("=")
+    if not sep or not key.strip():
+        raise ScenarioError(source, (), f"override {text!r} must look like key.path=value")
+    path: list[str | int] = []
+    for part in key.strip().replace("[", ".").replace("]", "").split("."):
+        if part:
+            path.append(int(part) if part.isdigit() else part)
+    try:
+        value = tomllib.loads(f"v = {value_text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text.strip()
+    return tuple(path), value
+
+
+def apply_override(raw: dict[str, Any], path: KeyPath, value: Any, source: str) -> None:
+    node: Any = raw
+    for depth, part in enumerate(path[:-1]):
+        try:
+            node = node[part] if isinstance(part, int) else node.setdefault(part, {})
+        except (IndexError, KeyError, TypeError, AttributeError):
+            raise ScenarioError(source, path[: depth + 1], "no such entry to override") from None
+    if not isinstance(node, dict) or isinstance(path[-1], int):
+        raise ScenarioError(source, path, "no such key to override")
+    node[path[-1]] = value
+
+
+def read_raw(path: Path) -> dict[str, Any]:
+    """Parse a scenario file, raising :class:`ScenarioError` for unreadable TOML."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ScenarioError(str(path), (), "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(str(path), (), f"invalid TOML: {exc}") from None
+
+
+def load(path: Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[Trial]]:
+    """Read, override and expand a scenario file; returns the raw dict and its trials."""
+    raw = read_raw(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        apply_override(raw, key, value, "--set " + text)
+    return raw, expand(raw, str(path))
