@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,8 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     console.print(f"results in [bold]{run_dir}[/] ({status})")
     if status == "interrupted":
-        return EXIT_INTERRUPTED
+        _abandon_federation()
     return EXIT_OK if status == "complete" else EXIT_FAILED
+
+
+def _abandon_federation() -> None:
+    """Exit now after Ctrl-C: Flower's ServerApp thread may still wait for replies
+    that will never come, and would keep the process alive. Results are on disk."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,9 @@ def run_scenario(
                     console.print(f"[red]{label} failed:[/] {type(exc).__name__}: {exc}")
         except KeyboardInterrupt:
             status = "interrupted"
+            for trial in store.data["trials"]:
+                if trial["status"] == "running":
+                    store.finish_trial(trial["index"], "interrupted", "stopped by the user")
     store.data["wall_seconds"] = time.perf_counter() - started
     store.close(status)
     save_grid(grid_rows(store.data), run_dir, run_dir / "grid.png")

@@ -143,7 +143,10 @@ class ResultsStore:
             self._save()
 
     def add(self, record: Record) -> None:
+        """Append ``record``; ignored once the store is closed (a run stopping)."""
         with self._lock:
+            if self.data["status"] != "running":
+                return
             self.data["records"].append(asdict(record))
             self._save()
 
