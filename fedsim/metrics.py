@@ -86,6 +86,10 @@ def score_batch(
     labels: torch.Tensor | None,
 ) -> list[ImageScore]:
     """Score each reconstruction against its matched original (see :func:`match_to_originals`)."""
+    if len(reconstructions) > len(originals):
+        raise ValueError(f"{len(reconstructions)} reconstructions for {len(originals)} originals")
+    if labels is not None and len(labels) != len(reconstructions):
+        raise ValueError(f"{len(labels)} labels for {len(reconstructions)} reconstructions")
     if reconstructions.shape[1:] != originals.shape[1:]:
         raise ValueError(
             f"reconstruction shape {tuple(reconstructions.shape[1:])} differs from "

@@ -55,6 +55,12 @@ def preflight(trials: list[Trial], source: str) -> None:
             model_factory(scenario, data)()
         except (ValueError, TypeError) as exc:
             raise ScenarioError(source, ("model",), str(exc)) from None
+        if len(data.test.labels) == 0:
+            raise ScenarioError(
+                source,
+                ("data", "test_fraction"),
+                "leaves the test split empty; raise it or use more samples per class",
+            )
         fed = scenario.federation
         smallest = min(len(s.labels) for s in data.shards)
         if fed.protocol == "fedsgd" and fed.batch_size > smallest:

@@ -150,6 +150,17 @@ class Scenario(Section):
     defences: list[DefenceConfig] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="after")
+    def _attack_rounds_exist(self) -> Scenario:
+        for i, attack in enumerate(self.attacks):
+            bad = [r for r in attack.rounds or [] if not 1 <= r <= self.federation.rounds]
+            if bad:
+                raise ValueError(
+                    f"attacks[{i}].rounds: {bad} outside the federation's rounds "
+                    f"1..{self.federation.rounds}"
+                )
+        return self
+
 
 SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig,
@@ -219,6 +230,8 @@ def _plugin_entry(
         raise ScenarioError(source, path, "must be a table")
     registry = discover().attacks if kind == "attacks" else discover().defences
     name = entry.get("name")
+    if isinstance(name, list):
+        raise ScenarioError(source, (*path, "name"), "a plugin name cannot be swept")
     if not isinstance(name, str):
         raise ScenarioError(source, (*path, "name"), "missing plugin name")
     if name not in registry:
@@ -325,7 +338,7 @@ def parse_override(text: str, source: str = "--set") -> tuple[KeyPath, Any]:
     """
     key, sep, value_text = text.partition("=")
     if not sep or not key.strip():
-        raise ScenarioError(source, (), f"override {text!r} must look like key.path=value")
+        raise ScenarioError(source, (), f"--set {text!r} must look like key.path=value")
     path: list[str | int] = []
     for part in key.strip().replace("[", ".").replace("]", "").split("."):
         if part:
@@ -343,9 +356,9 @@ def apply_override(raw: dict[str, Any], path: KeyPath, value: Any, source: str) 
         try:
             node = node[part] if isinstance(part, int) else node.setdefault(part, {})
         except (IndexError, KeyError, TypeError, AttributeError):
-            raise ScenarioError(source, path[: depth + 1], "no such entry to override") from None
+            raise ScenarioError(source, path[: depth + 1], "--set: no such entry") from None
     if not isinstance(node, dict) or isinstance(path[-1], int):
-        raise ScenarioError(source, path, "no such key to override")
+        raise ScenarioError(source, path, "--set: no such key")
     node[path[-1]] = value
 
 
@@ -358,12 +371,16 @@ def read_raw(path: Path) -> dict[str, Any]:
         raise ScenarioError(str(path), (), "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(str(path), (), f"invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(str(path), (), "not a UTF-8 text file") from None
+    except OSError as exc:
+        raise ScenarioError(str(path), (), f"cannot read: {exc.strerror or exc}") from None
 
 
 def load(path: Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[Trial]]:
     """Read, override and expand a scenario file; returns the raw dict and its trials."""
     raw = read_raw(path)
     for text in overrides:
-        key, value = parse_override(text)
-        apply_override(raw, key, value, "--set " + text)
+        key, value = parse_override(text, str(path))
+        apply_override(raw, key, value, str(path))
     return raw, expand(raw, str(path))

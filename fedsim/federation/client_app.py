@@ -34,7 +34,7 @@ def _fedsgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[U
     loss = F.cross_entropy(model(x), y)
     names, params = zip(*model.named_parameters(), strict=True)
     grads = torch.autograd.grad(loss, params)
-    return {n: g.detach() for n, g in zip(names, grads, strict=True)}, float(loss)
+    return {n: g.detach() for n, g in zip(names, grads, strict=True)}, loss.item()
 
 
 def _fedavg(
@@ -59,7 +59,7 @@ def _fedavg(
             loss.backward()
             optimizer.step()
             steps += 1
-            loss_sum += float(loss)
+            loss_sum += loss.item()
     delta = {n: p.detach() - before[n] for n, p in model.named_parameters()}
     return delta, loss_sum / steps, steps
 

@@ -51,7 +51,22 @@ def run_attack(attack: Attack, observation: Observation) -> Reconstruction:
         result = attack.reconstruct(observation)
     except Exception as exc:  # an attack must never end the run
         return Reconstruction.failed(f"{type(exc).__name__}: {exc}")
-    if result.status == "ok" and not torch.isfinite(result.images).all():  # type: ignore[arg-type]
+    if result.status != "ok":
+        return result
+    images = result.images
+    expected = (observation.batch_size, *observation.input_shape)
+    if tuple(images.shape) != expected:  # type: ignore[union-attr]
+        return Reconstruction.failed(
+            f"attack returned images of shape {tuple(images.shape)}, expected {expected}",  # type: ignore[union-attr]
+            **result.diagnostics,
+        )
+    if result.labels is not None and result.labels.shape != (observation.batch_size,):
+        return Reconstruction.failed(
+            f"attack returned {tuple(result.labels.shape)} labels for a batch of "
+            f"{observation.batch_size}",
+            **result.diagnostics,
+        )
+    if not torch.isfinite(images).all():  # type: ignore[arg-type]
         return Reconstruction.failed("attack returned non-finite pixels", **result.diagnostics)
     return result
 

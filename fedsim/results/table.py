@@ -69,7 +69,7 @@ def _fmt(value: Any, column: str) -> str:
         if math.isinf(value):
             return "∞"
         return (
-            f"{value:.2e}"
+            f"{value:.1e}"
             if column == "mse"
             else f"{value:.3f}"
             if column != "psnr"

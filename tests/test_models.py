@@ -1,0 +1,112 @@
+"""The model zoo: LeNet, the CNN3 presets, seeding, and user models by import path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsim.models.zoo import build_model
+
+SHAPE = (3, 32, 32)
+
+
+def test_lenet_maps_images_to_logits() -> None:
+    model = build_model("lenet", input_shape=SHAPE, num_classes=6)
+
+    assert model(torch.rand(5, *SHAPE)).shape == (5, 6)
+    assert model.fc.in_features == 12 * 8 * 8
+
+
+def test_lenet_needs_sides_divisible_by_four() -> None:
+    with pytest.raises(ValueError, match="divisible by 4"):
+        build_model("lenet", input_shape=(3, 30, 30), num_classes=6)
+
+
+@pytest.mark.parametrize(
+    ("preset", "fc_inputs"),
+    [("cnn3-1", 588), ("cnn3-2", 147), ("cnn3-3", 7056), ("cnn3-4", 4704)],
+)
+def test_convnet_presets_fc_sizes(preset: str, fc_inputs: int) -> None:
+    model = build_model("convnet", input_shape=SHAPE, num_classes=10, preset=preset)
+
+    assert model.fc.in_features == fc_inputs
+    assert model(torch.rand(2, *SHAPE)).shape == (2, 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.bias is None for c in convs)
+
+
+def test_convnet_that_shrinks_input_to_nothing_is_rejected() -> None:
+    with pytest.raises(ValueError, match="to nothing"):
+        build_model("convnet", input_shape=(1, 8, 8), num_classes=2, layers=[(5, 4, 2), (5, 4, 2)])
+
+
+def test_same_seed_same_parameters() -> None:
+    def params(seed: int) -> list[torch.Tensor]:
+        model = build_model("lenet", input_shape=SHAPE, num_classes=6, seed=seed)
+        return [p.detach() for p in model.parameters()]
+
+    first, again, other = params(1), params(1), params(2)
+
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_build_model_does_not_disturb_global_rng() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_model("lenet", input_shape=SHAPE, num_classes=6, seed=9)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_user_model_with_wrong_output_shape_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"expected \(1, 6\)"):
+        build_model("torch.nn:Identity", input_shape=SHAPE, num_classes=6)
+
+
+def test_user_model_by_import_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_fedsim_models.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            class Tiny(nn.Module):
+                def __init__(self, num_classes):
+                    super().__init__()
+                    self.fc = nn.Linear(3 * 32 * 32, num_classes)
+
+                def forward(self, x):
+                    return self.fc(x.flatten(1))
+            """
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    model = build_model(
+        "my_fedsim_models:Tiny", input_shape=SHAPE, num_classes=4, kwargs={"num_classes": 4}
+    )
+    again = build_model(
+        "my_fedsim_models:Tiny", input_shape=SHAPE, num_classes=4, kwargs={"num_classes": 4}
+    )
+
+    assert type(model).__name__ == "Tiny"
+    assert model(torch.rand(2, *SHAPE)).shape == (2, 4)
+    assert torch.equal(model.fc.weight, again.fc.weight)  # seeded like the zoo models
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("no_such_module_fedsim:Model", "cannot import module"),
+        ("torch.nn:NoSuchLayer", "not a torch.nn.Module subclass"),
+        ("torch:tensor", "not a torch.nn.Module subclass"),
+        ("torch.nn.Linear", "must look like"),
+    ],
+)
+def test_bad_import_path(path: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_model(path, input_shape=SHAPE, num_classes=6)
