@@ -20,25 +20,51 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fedsim.attacks.gradient_matching import MatchResult, match_gradients
+from fedsim.attacks.gradient_matching import (
+    DISTANCES,
+    Distance,
+    MatchConfig,
+    MatchResult,
+    match_gradients,
+    total_variation,
+)
+from fedsim.attacks.labels import (
+    Head,
+    batch_label_counts,
+    find_head,
+    idlg_label,
+    labels_from_counts,
+)
 
 __all__ = [
+    "DISTANCES",
     "Attack",
     "AttackParams",
     "Defence",
     "DefenceParams",
+    "Distance",
+    "Head",
+    "MatchConfig",
     "MatchResult",
+    "MatchingParams",
     "Observation",
     "Position",
     "Reconstruction",
     "Status",
     "Update",
     "UpdateKind",
+    "batch_label_counts",
+    "find_head",
     "global_norm",
+    "idlg_label",
+    "labels_from_counts",
     "match_gradients",
+    "reconstruct_by_matching",
+    "recover_labels",
+    "total_variation",
 ]
 
 Position = Literal["server", "participant"]
@@ -207,3 +233,65 @@ class Defence(ABC):
 def global_norm(update: Mapping[str, torch.Tensor]) -> float:
     """L2 norm of all tensors of ``update`` taken together."""
     return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
+
+
+def recover_labels(observation: Observation) -> torch.Tensor:
+    """The batch's labels read off the head's gradient, ``(B,)`` int64, sorted.
+
+    One sample: the iDLG rule (:func:`idlg_label`). Several: per-class counts
+    (:func:`batch_label_counts`). Raises ``ValueError`` if the model has no
+    linear layer with ``num_classes`` outputs.
+    """
+    model = observation.model()
+    head = find_head(model, observation.num_classes)
+    gradient = observation.gradient_estimate()
+    if observation.batch_size == 1:
+        return torch.tensor([idlg_label(gradient, head)])
+    counts = batch_label_counts(
+        gradient, head, model, input_shape=observation.input_shape,
+        batch_size=observation.batch_size, seed=observation.seed,
+    )  # fmt: skip
+    return labels_from_counts(counts)
+
+
+class MatchingParams(AttackParams):
+    """Budget and initialisation shared by the gradient-matching attacks."""
+
+    iterations: int = Field(300, ge=1, le=1_000_000, description="optimiser steps per restart")
+    lr: float = Field(1.0, gt=0.0, description="optimiser learning rate")
+    init: Literal["normal", "uniform"] = Field(
+        "normal", description="dummy image initialisation: N(0,1) or U(0,1)"
+    )
+    restarts: int = Field(1, ge=1, le=100, description="independent trials; lowest loss wins")
+    loss_threshold: float = Field(
+        0.0, ge=0.0, description="stop a restart once the objective is this low"
+    )
+    max_seconds: float | None = Field(None, gt=0.0, description="wall-time budget (all restarts)")
+
+    def budget(self) -> dict[str, Any]:
+        """These fields as :class:`MatchConfig` keyword arguments."""
+        return self.model_dump(include=set(MatchingParams.model_fields))
+
+
+def reconstruct_by_matching(
+    observation: Observation, config: MatchConfig, labels: torch.Tensor | None = None
+) -> Reconstruction:
+    """Run :func:`match_gradients` on ``observation`` and wrap the result.
+
+    With ``labels`` (e.g. from :func:`recover_labels`) only images are optimised
+    and the labels are recorded in the diagnostics as ``recovered_labels``.
+    """
+    result = match_gradients(
+        observation.model(), observation.gradient_estimate(),
+        input_shape=observation.input_shape, batch_size=observation.batch_size,
+        num_classes=observation.num_classes, labels=labels, config=config,
+        seed=observation.seed,
+    )  # fmt: skip
+    diagnostics: dict[str, Any] = result.diagnostics()
+    if labels is not None:
+        diagnostics["recovered_labels"] = labels.tolist()
+    if observation.kind == "delta":
+        diagnostics["gradient_source"] = "weight delta treated as gradient: -delta / (lr * steps)"
+    if result.images is None:
+        return Reconstruction.failed(result.failure, **diagnostics)
+    return Reconstruction(result.images, result.labels, diagnostics=diagnostics)

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from fedsim.data.datasets import DataError
 from fedsim.federation.setup import federated_data, model_factory
 from fedsim.results.images import save_grid
+from fedsim.results.plots import save_loss_curves
 from fedsim.results.store import ResultsStore
 from fedsim.results.table import rich_table, short_point, summarise
 from fedsim.scenario import ScenarioError, Trial, load
@@ -184,5 +185,6 @@ def run_scenario(
     store.data["wall_seconds"] = time.perf_counter() - started
     store.close(status)
     save_grid(grid_rows(store.data), run_dir, run_dir / "grid.png")
+    save_loss_curves(store.data["records"], run_dir / "loss_curves.png")
     console.print(rich_table(summarise(store.data), title=f"{first.name}: {status}"))
     return run_dir, status

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from fedsim_plugins.dlg import DLG
 
-from fedsim.api import Attack, Observation, Reconstruction, match_gradients
+from fedsim.api import Attack, MatchConfig, Observation, Reconstruction, match_gradients
 from fedsim.data.datasets import load_photos
 from fedsim.federation.observer import run_attack
 from fedsim.metrics import psnr
@@ -98,7 +98,12 @@ def test_gradients_are_matched_by_name() -> None:
 
     def run(target: dict[str, torch.Tensor]) -> torch.Tensor:
         result = match_gradients(
-            attacked_model(), target, input_shape=SHAPE, batch_size=1, num_classes=6, iterations=1
+            attacked_model(),
+            target,
+            input_shape=SHAPE,
+            batch_size=1,
+            num_classes=6,
+            config=MatchConfig(iterations=1),
         )
         return result.images
 

@@ -3,14 +3,18 @@
 Given the parameters a client started from and the gradient it uploaded, find a
 dummy batch (images and, unless given, soft labels) whose gradient under the
 same model matches the upload. Gradients are matched by parameter *name*, never
-by position.
+by position. The parts are interchangeable: a gradient distance (a key of
+:data:`DISTANCES`, or any :class:`Distance` factory), an image prior (total
+variation), an optimiser (L-BFGS or Adam) and a budget. DLG, iDLG, WDLG and
+Inverting Gradients are configurations of this one loop.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,6 +23,96 @@ import torch.nn.functional as F
 from torch import nn
 
 Init = Literal["normal", "uniform"]
+Optimizer = Literal["lbfgs", "adam"]
+
+
+class Distance(ABC):
+    """A distance between a dummy gradient and the target, both lists of tensors
+    in the same (parameter-name) order. One instance serves one restart, so it
+    may keep state (e.g. a critic trained alongside the images)."""
+
+    def __init__(self, targets: list[torch.Tensor]) -> None:
+        self.targets = targets
+
+    @abstractmethod
+    def __call__(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """The distance, differentiable with respect to ``grads``."""
+
+
+class SquaredL2(Distance):
+    """``Σ_l ||g_l − t_l||²`` (DLG)."""
+
+    def __call__(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        return sum(((g - t) ** 2).sum() for g, t in zip(grads, self.targets, strict=True))  # type: ignore[return-value]
+
+
+class Cosine(Distance):
+    """``1 − <g, t> / (||g|| ||t||)`` over all matched parameters together (Geiping et al.)."""
+
+    def __init__(self, targets: list[torch.Tensor]) -> None:
+        super().__init__(targets)
+        self.target_norm = torch.sqrt(sum((t**2).sum() for t in targets))  # type: ignore[arg-type]
+
+    def __call__(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        dot = sum((g * t).sum() for g, t in zip(grads, self.targets, strict=True))
+        norm = torch.sqrt(sum((g**2).sum() for g in grads))  # type: ignore[arg-type]
+        return 1 - dot / (norm * self.target_norm + 1e-12)
+
+
+class Wasserstein1D(Distance):
+    """Closed-form W1 between the 1-D empirical distributions of each parameter's
+    gradient entries (sort both, mean absolute difference), summed over parameters."""
+
+    def __call__(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        return sum(  # type: ignore[return-value]
+            (torch.sort(g.flatten())[0] - torch.sort(t.flatten())[0]).abs().mean()
+            for g, t in zip(grads, self.targets, strict=True)
+        )
+
+
+DistanceFactory = Callable[[list[torch.Tensor]], Distance]
+
+DISTANCES: dict[str, DistanceFactory] = {
+    "l2": SquaredL2,
+    "cosine": Cosine,
+    "wasserstein_1d": Wasserstein1D,
+}
+"""Named gradient distances; an attack may also pass its own factory."""
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """How to search for the dummy batch.
+
+    Attributes:
+        distance: a key of :data:`DISTANCES` or a factory ``targets -> Distance``.
+        optimizer: ``lbfgs`` (each step up to 20 evaluations) or ``adam``.
+        lr: optimiser learning rate.
+        iterations: optimiser steps per restart.
+        init: dummy images from N(0, 1) (``normal``) or U(0, 1) (``uniform``).
+        restarts: independent trials; the lowest final distance wins.
+        loss_threshold: stop a restart once the objective is at or below this.
+        max_seconds: wall-time budget over all restarts.
+        tv_weight: weight of the total-variation prior on the images.
+        clamp: project the images into [0, 1] after every step.
+        signed: step on the sign of the image gradient (Inverting Gradients; Adam only).
+        lr_schedule: ``multistep`` divides the lr by 10 at 3/8, 5/8 and 7/8 of the
+            iterations; ``cosine`` anneals it as ``lr · (1 + cos(π t / iterations)) / 2``
+            (Adam only).
+    """
+
+    distance: str | DistanceFactory = "l2"
+    optimizer: Optimizer = "lbfgs"
+    lr: float = 1.0
+    iterations: int = 300
+    init: Init = "normal"
+    restarts: int = 1
+    loss_threshold: float = 0.0
+    max_seconds: float | None = None
+    tv_weight: float = 0.0
+    clamp: bool = False
+    signed: bool = False
+    lr_schedule: Literal["none", "multistep", "cosine"] = "none"
 
 
 @dataclass
@@ -29,11 +123,11 @@ class MatchResult:
         images: ``(B, C, H, W)`` best dummy images, clamped to [0, 1]; ``None``
             if every restart diverged.
         labels: ``(B,)`` int64 labels (given ones, or argmax of the dummy logits).
-        loss_curve: gradient distance after each optimiser step of the best restart.
+        loss_curve: objective after each optimiser step of the best restart.
         iterations: optimiser steps taken by the best restart.
         evaluations: objective evaluations (forward + double backward) over all restarts.
         seconds: wall time over all restarts.
-        restart_losses: final distance of each restart (``inf`` where it diverged).
+        restart_losses: final objective of each restart (``inf`` where it diverged).
         failure: why no restart produced a finite result; empty otherwise.
     """
 
@@ -46,10 +140,60 @@ class MatchResult:
     restart_losses: list[float] = field(default_factory=list)
     failure: str = ""
 
+    def diagnostics(self) -> dict[str, object]:
+        """The JSON-serialisable numbers attacks report."""
+        return {
+            "loss_curve": self.loss_curve,
+            "iterations": self.iterations,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "restart_losses": self.restart_losses,
+            "final_loss": min(self.restart_losses) if self.restart_losses else None,
+        }
+
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``-sum_k p_k log softmax(logits)_k``."""
     return torch.mean(torch.sum(-target_probs * F.log_softmax(logits, dim=-1), dim=-1))
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels of ``(B, C, H, W)`` images."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+class _Objective:
+    """The optimiser's closure: distance (+ prior) of the dummy batch; sets the
+    leaves' ``.grad``. Only the dummy leaves get gradients, never the model."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list[torch.Tensor],
+        distance: Distance,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        soft_labels: bool,
+        config: MatchConfig,
+    ) -> None:
+        self.model, self.params, self.distance = model, params, distance
+        self.x, self.y, self.soft_labels, self.config = x, y, soft_labels, config
+        self.leaves = [x, y] if soft_labels else [x]
+        self.calls = 0
+
+    def __call__(self) -> torch.Tensor:
+        self.calls += 1
+        probs = F.softmax(self.y, dim=-1) if self.soft_labels else self.y
+        loss = soft_cross_entropy(self.model(self.x), probs)
+        objective = self.distance(list(torch.autograd.grad(loss, self.params, create_graph=True)))
+        if self.config.tv_weight:
+            objective = objective + self.config.tv_weight * total_variation(self.x)
+        grads = torch.autograd.grad(objective, self.leaves)
+        for leaf, grad in zip(self.leaves, grads, strict=True):
+            leaf.grad = grad.sign() if self.config.signed and leaf is self.x else grad
+        return objective.detach()
 
 
 def _dummy_images(shape: tuple[int, ...], init: Init, generator: torch.Generator) -> torch.Tensor:
@@ -58,35 +202,21 @@ def _dummy_images(shape: tuple[int, ...], init: Init, generator: torch.Generator
     return torch.rand(shape, generator=generator)
 
 
-class _Objective:
-    """The L-BFGS closure: gradient distance of the dummy batch; sets the leaves' ``.grad``.
+def _optimizer(leaves: list[torch.Tensor], config: MatchConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "lbfgs":
+        return torch.optim.LBFGS(leaves, lr=config.lr)
+    return torch.optim.Adam(leaves, lr=config.lr)
 
-    Only the dummy leaves get gradients; the model's parameters accumulate nothing.
-    """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        params: list[torch.Tensor],
-        targets: list[torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        soft_labels: bool,
-    ) -> None:
-        self.model, self.params, self.targets = model, params, targets
-        self.x, self.y, self.soft_labels = x, y, soft_labels
-        self.leaves = [x, y] if soft_labels else [x]
-        self.calls = 0
-
-    def __call__(self) -> torch.Tensor:
-        self.calls += 1
-        probs = F.softmax(self.y, dim=-1) if self.soft_labels else self.y
-        loss = soft_cross_entropy(self.model(self.x), probs)
-        grads = torch.autograd.grad(loss, self.params, create_graph=True)
-        distance = sum(((g - t) ** 2).sum() for g, t in zip(grads, self.targets, strict=True))
-        for leaf, grad in zip(self.leaves, torch.autograd.grad(distance, self.leaves), strict=True):
-            leaf.grad = grad
-        return distance.detach()
+def _scheduler(
+    optimizer: torch.optim.Optimizer, config: MatchConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if config.lr_schedule == "multistep":
+        milestones = [round(config.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations)
+    return None
 
 
 def match_gradients(
@@ -97,15 +227,10 @@ def match_gradients(
     batch_size: int,
     num_classes: int,
     labels: torch.Tensor | None = None,
-    iterations: int = 300,
-    lr: float = 1.0,
-    init: Init = "normal",
-    restarts: int = 1,
-    loss_threshold: float = 0.0,
-    max_seconds: float | None = None,
+    config: MatchConfig = MatchConfig(),
     seed: int = 0,
 ) -> MatchResult:
-    """Minimise ``sum_l ||grad_l(x', y') - target_l||^2`` over dummy data with L-BFGS.
+    """Search for a dummy batch whose gradient matches ``target``.
 
     Args:
         model: the model under attack, carrying the parameters the client
@@ -115,15 +240,13 @@ def match_gradients(
         input_shape: ``(C, H, W)`` of one image.
         batch_size: number of images to reconstruct.
         num_classes: size of the label space.
-        labels: ``(B,)`` known labels; when ``None`` soft labels are optimised
-            jointly (DLG).
-        iterations: L-BFGS steps per restart (each up to 20 evaluations).
-        lr: L-BFGS learning rate.
-        init: dummy image initialisation, ``normal`` = N(0, 1), ``uniform`` = U(0, 1).
-        restarts: independent trials; the one with the lowest final distance wins.
-        loss_threshold: stop a restart once the distance falls to or below this.
-        max_seconds: wall-time budget over all restarts (``None``: no limit).
+        labels: ``(B,)`` known or recovered labels; when ``None`` soft labels are
+            optimised jointly (DLG).
+        config: distance, prior, optimiser and budget.
         seed: seeds the dummy initialisation.
+
+    Raises:
+        KeyError: ``target`` names a parameter the model lacks.
     """
     named = dict(model.named_parameters())
     unknown = sorted(set(target) - set(named))
@@ -133,6 +256,9 @@ def match_gradients(
     params = [named[n] for n in names]
     device = params[0].device
     targets = [target[n].to(device=device, dtype=params[0].dtype) for n in names]
+    make_distance = (
+        DISTANCES[config.distance] if isinstance(config.distance, str) else config.distance
+    )
 
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -140,28 +266,38 @@ def match_gradients(
     best_loss = math.inf
     evaluations = 0
 
-    for _ in range(restarts):
-        x = _dummy_images((batch_size, *input_shape), init, generator).to(device).requires_grad_()
+    def out_of_time() -> bool:
+        return config.max_seconds is not None and time.perf_counter() - start > config.max_seconds
+
+    for _ in range(config.restarts):
+        shape = (batch_size, *input_shape)
+        x = _dummy_images(shape, config.init, generator).to(device).requires_grad_()
         if labels is None:
             y = torch.randn(batch_size, num_classes, generator=generator).to(device)
             y.requires_grad_()
-            leaves = [x, y]
         else:
             y = F.one_hot(labels.to(device), num_classes).float()
-            leaves = [x]
-        optimizer = torch.optim.LBFGS(leaves, lr=lr, line_search_fn=None)
-        closure = _Objective(model, params, targets, x, y, soft_labels=labels is None)
+        closure = _Objective(model, params, make_distance(targets), x, y, labels is None, config)
+        optimizer = _optimizer(closure.leaves, config)
+        scheduler = _scheduler(optimizer, config)
         curve: list[float] = []
         diverged = False
-        for _step in range(iterations):
-            value = float(optimizer.step(closure))
+        for _step in range(config.iterations):
+            if config.optimizer == "lbfgs":
+                value = float(optimizer.step(closure))
+            else:
+                value = float(closure())
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if config.clamp:
+                with torch.no_grad():
+                    x.clamp_(0, 1)
             if not math.isfinite(value) or not torch.isfinite(x).all():
                 diverged = True
                 break
             curve.append(value)
-            if value <= loss_threshold:
-                break
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            if value <= config.loss_threshold or out_of_time():
                 break
 
         final = math.inf if diverged or not curve else float(closure())
@@ -175,13 +311,11 @@ def match_gradients(
             best.loss_curve = curve
             best.iterations = len(curve)
         evaluations += closure.calls
-        if best_loss <= loss_threshold:
-            break
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+        if best_loss <= config.loss_threshold or out_of_time():
             break
 
     best.evaluations = evaluations
     best.seconds = time.perf_counter() - start
     if best.images is None:
-        best.failure = "every restart diverged (non-finite gradient distance)"
+        best.failure = "every restart diverged (non-finite objective)"
     return best

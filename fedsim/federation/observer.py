@@ -19,7 +19,7 @@ import torch
 
 from fedsim.api import Attack, Observation, Reconstruction, Update
 from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
-from fedsim.metrics import score_batch
+from fedsim.metrics import SUCCESS_PSNR, label_count_accuracy, score_batch
 from fedsim.registry import discover
 from fedsim.results.images import save_png
 from fedsim.results.store import Record, ResultsStore
@@ -232,6 +232,10 @@ class AttackTap:
             "ssim": float(np.mean([s.ssim for s in scores])),
             "mse": float(np.mean([s.mse for s in scores])),
             "label_accuracy": float(np.mean(labelled)) if labelled else None,
+            "label_count_accuracy": None
+            if result.labels is None
+            else label_count_accuracy(labels, result.labels, observation.num_classes),
+            "success": float(all(s.psnr >= SUCCESS_PSNR for s in scores)),
             "psnr_peak": scores[0].psnr_peak,
         }
         return record

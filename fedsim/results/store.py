@@ -36,8 +36,11 @@ CSV_COLUMNS = (
     "ssim",
     "mse",
     "label_accuracy",
+    "label_count_accuracy",
+    "success",
     "psnr_peak",
     "attack_seconds",
+    "iterations",
 )
 
 
@@ -173,6 +176,11 @@ class ResultsStore:
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for rec in self.data["records"]:
-            row = {**rec, **rec["metrics"], "point": json.dumps(rec["point"])}
+            row = {
+                **rec,
+                **rec["metrics"],
+                "point": json.dumps(rec["point"]),
+                "iterations": rec["diagnostics"].get("iterations"),
+            }
             writer.writerow(row)
         return out.getvalue()

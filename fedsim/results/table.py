@@ -13,6 +13,7 @@ COLUMNS = {
     "attack": "attack",
     "position": "position",
     "ok": "ok",
+    "success": "success",
     "psnr": "PSNR dB",
     "ssim": "SSIM",
     "mse": "MSE",
@@ -46,6 +47,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "attack": mine[0]["attack"],
                     "position": mine[0]["position"],
                     "ok": f"{len(ok)}/{len(mine)}",
+                    "success": _mean([(r["metrics"] or {}).get("success", 0.0) for r in mine]),
                     **{
                         m: _mean([r["metrics"][m] for r in ok])
                         for m in ("psnr", "ssim", "mse", "label_accuracy")
