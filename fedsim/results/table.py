@@ -17,19 +17,31 @@ COLUMNS = {
     "psnr": "PSNR dB",
     "ssim": "SSIM",
     "mse": "MSE",
+    "mse_std": "± std",
     "label_accuracy": "label acc",
+    "steps": "steps",
+    "seconds": "s",
     "test_accuracy": "test acc",
 }
 
 
-def _mean(values: list[float]) -> float | None:
+def _mean(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None]
     return float(np.mean(finite)) if finite else None
+
+
+def _std(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return float(np.std(finite)) if len(finite) > 1 else None
 
 
 def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of batch-mean metrics averaged over rounds and clients, per trial and attack.
 
+    ``success`` is the fraction of all records (failed ones included) whose every
+    image reached :data:`fedsim.metrics.SUCCESS_PSNR`; ``mse_std`` is the standard
+    deviation of the records' MSE; ``steps`` and ``seconds`` are the attack's
+    optimiser steps and wall time averaged over its *successful* records.
     ``test_accuracy`` is the global model's accuracy after the trial's last round.
     """
     rows = []
@@ -40,6 +52,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
         for index in sorted({r["attack_index"] for r in records}):
             mine = [r for r in records if r["attack_index"] == index]
             ok = [r for r in mine if r["status"] == "ok" and r["metrics"]]
+            won = [r for r in ok if r["metrics"].get("success")]
             rows.append(
                 {
                     "trial": trial["index"],
@@ -52,6 +65,9 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                         m: _mean([r["metrics"][m] for r in ok])
                         for m in ("psnr", "ssim", "mse", "label_accuracy")
                     },
+                    "mse_std": _std([r["metrics"]["mse"] for r in ok]),
+                    "steps": _mean([r["diagnostics"].get("iterations") for r in won]),
+                    "seconds": _mean([r["attack_seconds"] for r in won]),
                     "test_accuracy": final,
                     "reasons": sorted({r["reason"] for r in mine if r["reason"]}),
                 }
@@ -70,13 +86,9 @@ def _fmt(value: Any, column: str) -> str:
     if isinstance(value, float):
         if math.isinf(value):
             return "∞"
-        return (
-            f"{value:.1e}"
-            if column == "mse"
-            else f"{value:.3f}"
-            if column != "psnr"
-            else f"{value:.1f}"
-        )
+        if column in ("mse", "mse_std"):
+            return f"{value:.1e}"
+        return f"{value:.1f}" if column in ("psnr", "steps", "seconds") else f"{value:.3f}"
     return str(value)
 
 
