@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -23,12 +22,7 @@ IMAGE = 2  # the full rocket photograph (label 1) of load_photos(32, 2, 0)
 DLG_PARAMS = {"iterations": 100, "restarts": 2, "loss_threshold": 1e-7}
 
 
-@pytest.fixture(autouse=True)
-def two_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def factory() -> torch.nn.Module:

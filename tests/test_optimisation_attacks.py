@@ -4,8 +4,6 @@ behind its default)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,12 +21,7 @@ SHAPE = (3, 32, 32)
 CASES = [(0, 1), (8, 2)]  # (photo index in load_photos(32, 4, 0), model seed)
 
 
-@pytest.fixture(autouse=True)
-def two_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def observe(index: int, seed: int) -> tuple[Observation, torch.Tensor, torch.Tensor]:

@@ -283,6 +283,25 @@ def _dummy_logits(
     return logits
 
 
+def _dummy_batch(
+    config: MatchConfig,
+    shape: tuple[int, ...],
+    num_classes: int,
+    labels: torch.Tensor | None,
+    model: nn.Module,
+    target: Mapping[str, torch.Tensor],
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A restart's starting point: images ``shape`` and, without ``labels``, soft-label
+    logits (both leaves requiring grad); with ``labels``, their one-hot encoding."""
+    x = _dummy_images(shape, config.init, generator).to(device).requires_grad_()
+    if labels is not None:
+        return x, F.one_hot(labels.to(device), num_classes).float()
+    logits = _dummy_logits(config, shape[0], num_classes, model, target, generator)
+    return x, logits.to(device).requires_grad_()
+
+
 @contextmanager
 def _onednn(enabled: bool) -> Iterator[None]:
     """Turn PyTorch's oneDNN (mkldnn) CPU kernels on or off, restoring the flag after."""
@@ -353,15 +372,10 @@ def match_gradients(
         else:
             # Time the objective at a throwaway start point (a fresh distance: some keep state).
             params, targets, make_distance = _matched(model, target, config)
-            generator = torch.Generator().manual_seed(seed)
-            shape = (batch_size, *input_shape)
-            x = _dummy_images(shape, config.init, generator).to(params[0].device)
-            x.requires_grad_()
-            if labels is None:
-                y = torch.randn(batch_size, num_classes, generator=generator).to(x.device)
-                y.requires_grad_()
-            else:
-                y = F.one_hot(labels.to(x.device), num_classes).float()
+            x, y = _dummy_batch(
+                config, (batch_size, *input_shape), num_classes, labels, model, target,
+                torch.Generator().manual_seed(seed), params[0].device,
+            )  # fmt: skip
             probe = _Objective(model, params, make_distance(targets), x, y, labels is None, config)
             backend, evaluations = _time_backends(probe)
     with _onednn(torch.backends.mkldnn.enabled and backend != "native"):
@@ -414,13 +428,10 @@ def _match(
         return config.max_seconds is not None and time.perf_counter() - start > config.max_seconds
 
     for _ in range(config.restarts):
-        shape = (batch_size, *input_shape)
-        x = _dummy_images(shape, config.init, generator).to(device).requires_grad_()
-        if labels is None:
-            y = _dummy_logits(config, batch_size, num_classes, model, target, generator)
-            y = y.to(device).requires_grad_()
-        else:
-            y = F.one_hot(labels.to(device), num_classes).float()
+        x, y = _dummy_batch(
+            config, (batch_size, *input_shape), num_classes, labels, model, target, generator,
+            device,
+        )  # fmt: skip
         closure = _Objective(model, params, make_distance(targets), x, y, labels is None, config)
         optimizer = _optimizer(closure.leaves, config)
         scheduler = _scheduler(optimizer, config)
