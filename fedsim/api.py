@@ -23,6 +23,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fedsim.analytic.banded import BandedCholesky, spatial_major
+from fedsim.analytic.chain import Chain, Layer, UnsupportedModel, extract_chain
+from fedsim.analytic.conv import ConvGeometry, ConvOperator
+from fedsim.analytic.layers import Constraints, invert_linear, solve_conv_input
+from fedsim.analytic.recursive import (
+    ConvResult,
+    ConvSolver,
+    ConvStep,
+    invert_chain,
+    least_squares_step,
+    solve_diagnostics,
+)
 from fedsim.attacks.gradient_matching import (
     DISTANCES,
     Distance,
@@ -43,6 +55,24 @@ __all__ = [
     "DISTANCES",
     "Attack",
     "AttackParams",
+    "BandedCholesky",
+    "Chain",
+    "Constraints",
+    "ConvGeometry",
+    "ConvOperator",
+    "ConvResult",
+    "ConvSolver",
+    "ConvStep",
+    "Layer",
+    "UnsupportedModel",
+    "extract_chain",
+    "invert_chain",
+    "invert_linear",
+    "least_squares_step",
+    "reconstruct_analytically",
+    "solve_conv_input",
+    "solve_diagnostics",
+    "spatial_major",
     "Defence",
     "DefenceParams",
     "Distance",
@@ -295,3 +325,45 @@ def reconstruct_by_matching(
     if result.images is None:
         return Reconstruction.failed(result.failure, **diagnostics)
     return Reconstruction(result.images, result.labels, diagnostics=diagnostics)
+
+
+def reconstruct_analytically(
+    observation: Observation,
+    conv_solver: ConvSolver | None,
+    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Reconstruction:
+    """Run the top-down recursion (:func:`invert_chain`) on one sample's update.
+
+    Returns ``unsupported`` (never raises) for a batch larger than one or a model
+    that is not a supported chain. The label is recovered with the iDLG rule
+    (the observation carries none). ``postprocess`` maps the ``(1, C, H, W)``
+    image in [0, 1] to a new one (e.g. denoising).
+    """
+    if observation.batch_size != 1:
+        return Reconstruction.unsupported(
+            f"analytic attacks here reconstruct a single image; this update comes from a batch of "
+            f"{observation.batch_size}"
+        )
+    model = observation.model()
+    try:
+        chain = extract_chain(model, observation.input_shape)
+        inversion = invert_chain(chain, observation.gradient_estimate(), conv_solver)
+    except UnsupportedModel as exc:
+        return Reconstruction.unsupported(str(exc))
+    except ValueError as exc:
+        return Reconstruction.failed(str(exc))
+    raw = inversion.image.float()
+    images = raw.clamp(0, 1)[None]
+    if postprocess is not None:
+        images = postprocess(images)
+    diagnostics: dict[str, Any] = {
+        "layers": inversion.layers,
+        "raw_range": [float(raw.min()), float(raw.max())],
+        "clipped_before_inversion": inversion.clipped,
+        "label_source": "recovered (iDLG rule)",
+    }
+    if observation.kind == "delta":
+        diagnostics["gradient_source"] = "weight delta treated as gradient: -delta / (lr * steps)"
+    labels = recover_labels(observation)
+    diagnostics["recovered_labels"] = labels.tolist()
+    return Reconstruction(images.to(torch.float32), labels, diagnostics=diagnostics)
