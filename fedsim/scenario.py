@@ -137,6 +137,12 @@ class DefenceConfig(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class AuditConfig(Section):
+    """The architecture audit (COPA's c(M)) run once per distinct model before the federation."""
+
+    method: Literal["structured", "dense"] = "structured"
+
+
 class OutputConfig(Section):
     dir: Path = Path("runs")
     save_images: bool = True
@@ -154,6 +160,7 @@ class Scenario(Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     attacks: list[AttackConfig] = Field(default_factory=list)
     defences: list[DefenceConfig] = Field(default_factory=list)
+    audit: AuditConfig | None = None
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -172,6 +179,7 @@ SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig,
     "model": ModelConfig,
     "federation": FederationConfig,
+    "audit": AuditConfig,
     "output": OutputConfig,
 }
 RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients")
