@@ -237,5 +237,6 @@ class AttackTap:
             else label_count_accuracy(labels, result.labels, observation.num_classes),
             "success": float(all(s.psnr >= SUCCESS_PSNR for s in scores)),
             "psnr_peak": scores[0].psnr_peak,
+            "psnr_255": float(np.mean([s.psnr_255 for s in scores])),
         }
         return record
