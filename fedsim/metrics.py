@@ -111,9 +111,13 @@ def score_batch(
         error = mse(true, test)
         scores.append(
             ImageScore(
-                int(j), error, psnr(true, test), ssim(true, test), label_ok,
+                int(j),
+                error,
+                psnr(true, test),
+                ssim(true, test),
+                label_ok,
                 psnr_255=math.inf if error == 0 else 10 * math.log10(PAPER_PEAK**2 / error),
-            )  # fmt: skip
+            )
         )
     return scores
 

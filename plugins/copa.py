@@ -50,7 +50,9 @@ from fedsim.api import (
 
 
 class COPAParams(AttackParams):
-    iterations: int = Field(3000, ge=1, le=1_000_000, description="L-BFGS iterations per conv layer")
+    iterations: int = Field(
+        3000, ge=1, le=1_000_000, description="L-BFGS iterations per conv layer"
+    )
     init: Literal["least_squares", "zeros"] = Field(
         "least_squares", description="start of the per-layer optimisation"
     )
@@ -137,7 +139,7 @@ def copa_step(step: ConvStep, params: COPAParams) -> ConvResult:
     return ConvResult(x, result.x, diagnostics)
 
 
-def tv_denoise(weight: float):  # noqa: ANN201 - returns a plain callable
+def tv_denoise(weight: float):
     """Chambolle total-variation denoising of ``(1, C, H, W)`` images in [0, 1]."""
 
     def apply(images: torch.Tensor) -> torch.Tensor:
@@ -163,5 +165,3 @@ class COPA(Attack):
         result = reconstruct_analytically(observation, solver, post)
         result.diagnostics["tv_weight"] = p.tv_weight
         return result
-
-

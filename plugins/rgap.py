@@ -35,7 +35,9 @@ class RGAPParams(AttackParams):
 
 class RGAP(Attack):
     name = "rgap"
-    summary = "R-GAP: recursive closed-form inversion, least squares on weight + gradient constraints."
+    summary = (
+        "R-GAP: recursive closed-form inversion, least squares on weight + gradient constraints."
+    )
     Params = RGAPParams
 
     def reconstruct(self, observation: Observation) -> Reconstruction:

@@ -18,7 +18,9 @@ def photo(size: int = 32, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return photos.images[index : index + 1].float() / 255.0, photos.labels[index : index + 1]
 
 
-def observe(factory: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, classes: int) -> Observation:
+def observe(
+    factory: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, classes: int
+) -> Observation:
     """What a server sees of one FedSGD upload of the batch ``(x, y)``."""
     model = factory()
     loss = F.cross_entropy(model(x), y)
@@ -89,6 +91,9 @@ class MLP(nn.Module):
         return self.head(torch.sigmoid(self.hidden2(h)))
 
 
-UNSUPPORTED = [(Pooled, "'pool' (MaxPool2d): pooling"), (Normed, "'bn' (BatchNorm2d): normalisation"),
-               (Residual, "residual connection")]  # fmt: skip
+UNSUPPORTED = [
+    (Pooled, "'pool' (MaxPool2d): pooling"),
+    (Normed, "'bn' (BatchNorm2d): normalisation"),
+    (Residual, "residual connection"),
+]
 """Models outside the chain and the message naming their offending layer (8×8 inputs)."""

@@ -8,14 +8,14 @@ from functools import partial
 
 import pytest
 import torch
-from torch import nn
-
 from analytic_helpers import MLP, UNSUPPORTED, Rectified, observe, photo
-from fedsim.metrics import psnr
-from fedsim.models.zoo import build_model
 from fedsim_plugins.copa import COPA, COPAParams
 from fedsim_plugins.fc_inversion import FCInversion
 from fedsim_plugins.rgap import RGAP, RGAPParams
+from torch import nn
+
+from fedsim.metrics import psnr
+from fedsim.models.zoo import build_model
 
 EXACT_DB = 60.0
 """'Essentially exact': the float32 gradient limits the measured PSNR to ≈127-130 dB."""
@@ -28,7 +28,7 @@ def cnn3(preset: str, size: int = 32) -> Callable[[], nn.Module]:
     )  # fmt: skip
 
 
-def score(result, x: torch.Tensor) -> float:  # noqa: ANN001
+def score(result, x: torch.Tensor) -> float:
     assert result.status == "ok", result.reason
     return psnr(x[0].numpy(), result.images[0].numpy())
 
@@ -37,7 +37,10 @@ def score(result, x: torch.Tensor) -> float:  # noqa: ANN001
 def rgap_psnr() -> dict[str, float]:
     x, y = photo(32)
     attack = RGAP(RGAPParams())
-    return {p: score(attack.reconstruct(observe(cnn3(p), x, y, 6)), x) for p in ("cnn3-1", "cnn3-2", "cnn3-3", "cnn3-4")}
+    return {
+        p: score(attack.reconstruct(observe(cnn3(p), x, y, 6)), x)
+        for p in ("cnn3-1", "cnn3-2", "cnn3-3", "cnn3-4")
+    }
 
 
 def test_rgap_recovers_cnn3_variant3_exactly(rgap_psnr: dict[str, float]) -> None:
@@ -105,9 +108,12 @@ def test_fc_inversion_refuses_conv_layers() -> None:
     assert "'body.2' is a conv layer" in result.reason
 
 
-@pytest.mark.parametrize(("model", "message"), [*UNSUPPORTED, (Rectified, "activation 'act' (relu) after layer 'conv' is not invertible")])
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [*UNSUPPORTED, (Rectified, "activation 'act' (relu) after layer 'conv' is not invertible")],
+)
 @pytest.mark.parametrize("attack", [RGAP(RGAPParams()), COPA(COPAParams())], ids=["rgap", "copa"])
-def test_unsupported_models_get_a_reason_naming_the_layer(attack, model, message: str) -> None:  # noqa: ANN001
+def test_unsupported_models_get_a_reason_naming_the_layer(attack, model, message: str) -> None:
     x, y = photo(8)
     result = attack.reconstruct(observe(model, x, y % 2, 2))
 

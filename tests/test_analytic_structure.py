@@ -33,11 +33,18 @@ def test_sparse_dense_and_matrix_free_operators_agree(geometry: ConvGeometry) ->
 
     assert np.array_equal(op.weight_matrix().toarray(), w_dense)
     assert np.array_equal(op.gradient_matrix().toarray(), g_dense)
-    assert np.allclose(op.weight_adjoint(torch.from_numpy(w_dense @ x.numpy())[None])[0], w_dense.T @ w_dense @ x.numpy())
+    assert np.allclose(
+        op.weight_adjoint(torch.from_numpy(w_dense @ x.numpy())[None])[0],
+        w_dense.T @ w_dense @ x.numpy(),
+    )
     assert np.allclose(op.gradient_adjoint(op.gradient_apply(x)), g_dense.T @ g_dense @ x.numpy())
     # G = I_{C_in} ⊗ Γ: the block of input channel 1 is Γ
     kk = geometry.kernel[0] * geometry.kernel[1]
-    rows = [(c * geometry.in_channels + 1) * kk + t for c in range(geometry.out_channels) for t in range(kk)]
+    rows = [
+        (c * geometry.in_channels + 1) * kk + t
+        for c in range(geometry.out_channels)
+        for t in range(kk)
+    ]
     hw = geometry.height * geometry.width
     assert np.array_equal(g_dense[rows][:, hw : 2 * hw], op.gamma())
 
@@ -85,8 +92,13 @@ def test_structured_rank_equals_dense_rank(geometry: ConvGeometry) -> None:
      ([(3, 2, 1), (2, 4, 1), (3, 2, 1)], "leaky_relu")],
 )  # fmt: skip
 def test_audit_paths_agree_on_small_models(layers: list, activation: str) -> None:
-    model = build_model("convnet", input_shape=(3, 12, 12), num_classes=3, layers=layers, activation=activation)
-    sample = (torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0)), torch.tensor([1]))
+    model = build_model(
+        "convnet", input_shape=(3, 12, 12), num_classes=3, layers=layers, activation=activation
+    )
+    sample = (
+        torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([1]),
+    )
     dense = audit_model(model, (3, 12, 12), sample, "noise", "dense")
     structured = audit_model(model, (3, 12, 12), sample, "noise", "structured")
 

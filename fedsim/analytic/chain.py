@@ -151,7 +151,11 @@ _FUNCTION_ACTIVATIONS: dict[object, ActivationKind] = {
     F.sigmoid: "sigmoid",
     F.tanh: "tanh",
 }
-_METHOD_ACTIVATIONS: dict[str, ActivationKind] = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu"}
+_METHOD_ACTIVATIONS: dict[str, ActivationKind] = {
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "relu": "relu",
+}
 _RESHAPES = {"flatten", "view", "reshape"}
 
 
@@ -168,7 +172,9 @@ def _reason(node: fx.Node, model: nn.Module) -> str:
         module = model.get_submodule(str(node.target))
         if isinstance(module, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AvgPoolNd):
             return "pooling"
-        if isinstance(module, nn.modules.pooling._AdaptiveAvgPoolNd | nn.modules.pooling._AdaptiveMaxPoolNd):
+        if isinstance(
+            module, nn.modules.pooling._AdaptiveAvgPoolNd | nn.modules.pooling._AdaptiveMaxPoolNd
+        ):
             return "pooling"
         if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.GroupNorm):
             return "normalisation"
@@ -188,7 +194,9 @@ def extract_chain(model: nn.Module, input_shape: tuple[int, int, int]) -> Chain:
     try:
         graph = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many kinds on dynamic control flow
-        raise UnsupportedModel(f"cannot trace {type(model).__name__} as a static chain: {exc}") from None
+        raise UnsupportedModel(
+            f"cannot trace {type(model).__name__} as a static chain: {exc}"
+        ) from None
     ShapeProp(graph).propagate(torch.zeros(1, *input_shape, dtype=next(model.parameters()).dtype))
     layers: list[Layer] = []
     activations: dict[int, Activation] = {}
@@ -239,7 +247,13 @@ def extract_chain(model: nn.Module, input_shape: tuple[int, int, int]) -> Chain:
             flattened = True
         elif node.op == "call_function" and node.target in _FUNCTION_ACTIVATIONS:
             kind = _FUNCTION_ACTIVATIONS[node.target]
-            slope = float(node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)) if kind == "leaky_relu" else 0.0
+            slope = (
+                float(
+                    node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+                )
+                if kind == "leaky_relu"
+                else 0.0
+            )
         elif node.op == "call_method" and node.target in _METHOD_ACTIVATIONS:
             kind = _METHOD_ACTIVATIONS[str(node.target)]
         else:
@@ -249,12 +263,20 @@ def extract_chain(model: nn.Module, input_shape: tuple[int, int, int]) -> Chain:
                 raise UnsupportedModel(f"activation {where} before the first conv or linear layer")
             if len(layers) - 1 in activations:
                 raise UnsupportedModel(f"two activations in a row at {where}")
-            activations[len(layers) - 1] = Activation(kind, slope, str(node.target) if node.op == "call_module" else node.name)
+            activations[len(layers) - 1] = Activation(
+                kind, slope, str(node.target) if node.op == "call_module" else node.name
+            )
         current = node
     if not layers or layers[-1].kind != "linear":
         raise UnsupportedModel("the chain must end in a linear layer (the classification head)")
     chained = tuple(
-        Layer(layer.kind, layer.name, layer.module, layer.input_shape, activations.get(i, Activation()))
+        Layer(
+            layer.kind,
+            layer.name,
+            layer.module,
+            layer.input_shape,
+            activations.get(i, Activation()),
+        )
         for i, layer in enumerate(layers)
     )
     return Chain(chained, input_shape)

@@ -53,7 +53,9 @@ class Constraints:
         dv = grad_weight.detach().double().cpu().numpy().ravel()
         sw = 1.0 / max(sp.linalg.norm(w), 1e-300)
         sg = 1.0 / max(sp.linalg.norm(g), 1e-300)
-        return cls(sp.vstack([w * sw, g * sg]).tocsr(), np.concatenate([zv * sw, dv * sg]), w.shape[0])
+        return cls(
+            sp.vstack([w * sw, g * sg]).tocsr(), np.concatenate([zv * sw, dv * sg]), w.shape[0]
+        )
 
     def residuals(self, x: np.ndarray) -> tuple[float, float]:
         """Relative residuals ``‖Wx − z‖/‖z‖`` and ``‖Gx − dJ/dw‖/‖dJ/dw‖``."""
@@ -78,7 +80,9 @@ class Solve:
     seconds: float
 
 
-def solve_conv_input(constraints: Constraints, tol: float = 1e-12, max_iterations: int = 20_000) -> Solve:
+def solve_conv_input(
+    constraints: Constraints, tol: float = 1e-12, max_iterations: int = 20_000
+) -> Solve:
     """Least-squares solution of ``U x = v`` by LSMR on the sparse ``U``, started at 0,
     so it converges to the minimum-norm solution where the system leaves freedom.
 

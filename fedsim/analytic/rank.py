@@ -35,12 +35,12 @@ from fedsim.analytic.banded import BandedCholesky, largest_eigenvalue, spatial_m
 from fedsim.analytic.conv import ConvOperator
 
 RTOL = 1e-10
-"""Singular values below ``RTOL × σ_max`` count as zero (dense ``U``, ``Γ``, and ``W``'s conditioning)."""
+"""Singular values below ``RTOL × σ_max`` count as zero (dense ``U``, ``Γ``, ``W``)."""
 ANGLE_TOL = 1e-6
 """Cosines between ``null(W)`` and ``row(G)`` below this count as zero (structured path;
 they come from Gram-matrix eigenvalues, whose rounding floor is about 1e-8)."""
 CLEAR_GAP = 1e3
-"""A rank is unambiguous when the smallest kept value exceeds the largest dropped one this many times."""
+"""A rank is unambiguous when the smallest kept value is this many times the largest dropped."""
 MAX_DENSE_BYTES = 2 << 30
 
 
@@ -111,7 +111,7 @@ def dense_rank(op: ConvOperator, rtol: float = RTOL) -> RankResult:
     sigma = np.linalg.svd(u, compute_uv=False)
     rank, kept, dropped, warning = _count(sigma / sigma[0], rtol, "singular values of U")
     return RankResult(
-        rank=rank, method="dense", tolerance=f"σ_i > {rtol:.0e}·σ_max of U (blocks scaled to unit norm)",
+        rank=rank, method="dense", tolerance=f"σ_i > {rtol:.0e}·σ_max of U (blocks at unit norm)",
         kept=kept, dropped=dropped, warning=warning,
         detail=f"SVD of the dense {u.shape[0]}×{u.shape[1]} U",
         seconds=time.perf_counter() - began, peak_bytes=3 * u.nbytes,
@@ -143,7 +143,7 @@ def structured_rank(
     w = op.weight_matrix()
     gamma = op.gamma()
     _, s_gamma, vt_gamma = np.linalg.svd(gamma, full_matrices=False)
-    rho, g_kept, g_dropped, g_warn = _count(s_gamma / max(s_gamma[0], 1e-300), rtol, "Γ")
+    rho, _, _, g_warn = _count(s_gamma / max(s_gamma[0], 1e-300), rtol, "Γ")
     tolerance = (
         f"σ > {rtol:.0e}·σ_max for Γ and W; cosines > {angle_tol:.0e} between null(W) and row(G)"
     )
@@ -193,8 +193,8 @@ def structured_rank(
         rank=nz + extra, method="structured", tolerance=tolerance, kept=kept, dropped=dropped,
         warning="; ".join(x for x in (g_warn, warning) if x),
         detail=f"rank W = |Z| = {nz} (σ_min/σ_max = {ratio:.1e}, banded Cholesky of WWᵀ, bandwidth "
-        f"{chol.bandwidth}); rank Γ = {rho}; {extra} of {min(d_k, d_n)} cosines between null(W) and "
-        f"row(G) nonzero ({how})",
+        f"{chol.bandwidth}); rank Γ = {rho}; {extra} of {min(d_k, d_n)} cosines between "
+        f"null(W) and row(G) nonzero ({how})",
         seconds=time.perf_counter() - began,
         peak_bytes=peak + chol.nbytes,
     )  # fmt: skip

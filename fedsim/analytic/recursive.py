@@ -106,13 +106,17 @@ def invert_chain(
             z, clipped = z_known, 0
         clipped_total += clipped
         dz = upstream * layer.activation.derivative(z)
-        z = z - _bias(layer, tuple(z.shape) if layer.kind == "linear" else layer.geometry().output_shape)
+        z = z - _bias(
+            layer, tuple(z.shape) if layer.kind == "linear" else layer.geometry().output_shape
+        )
         weight = layer.module.weight.detach().double().cpu()
         if layer.kind == "linear":
             x = invert_linear(grad(layer.weight_key), dz)
             upstream = weight.T @ dz
             z_known = None
-            reports.append({"layer": layer.name, "method": "closed form (Lemma A.1)", "clipped": clipped})
+            reports.append(
+                {"layer": layer.name, "method": "closed form (Lemma A.1)", "clipped": clipped}
+            )
             continue
         if conv_solver is None:
             raise UnsupportedModel(
@@ -130,7 +134,9 @@ def invert_chain(
     return Inversion(x.reshape(chain.input_shape), reports[::-1], clipped_total)
 
 
-def least_squares_step(step: ConvStep, tol: float = 1e-12, max_iterations: int = 20_000) -> ConvResult:
+def least_squares_step(
+    step: ConvStep, tol: float = 1e-12, max_iterations: int = 20_000
+) -> ConvResult:
     """R-GAP's conv step (and COPA's at the first layer, eq. 6): least squares on
     ``[W; G] x = [z; dJ/dw]``."""
     constraints = Constraints.of(step.op, step.z, step.grad_weight)

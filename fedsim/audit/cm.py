@@ -86,7 +86,9 @@ def count_rank(geometry: ConvGeometry) -> int:
     return min(g.n_inputs, g.n_outputs + gradient_rows - g.out_channels**2)
 
 
-def output_gradients(chain: Chain, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+def output_gradients(
+    chain: Chain, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> list[torch.Tensor]:
     """``dJ/dZ`` of every conv layer (pre-activation output) for one batch, cross-entropy loss."""
     outputs: list[torch.Tensor] = []
     hooks = [
@@ -128,14 +130,27 @@ def audit_model(
         weight = (d - (i - 1)) / d
         layers.append(
             LayerAudit(
-                index=i, name=layer.name, conv=geometry.describe(), activation=layer.activation.kind,
-                n=geometry.n_inputs, z=geometry.n_outputs, w=geometry.n_weights, rank=result.rank,
-                count=count_rank(geometry), deficit=result.rank - geometry.n_inputs, weight=weight,
-                contribution=weight * (result.rank - geometry.n_inputs), method=result.method,
-                kept=result.kept, dropped=result.dropped, warning=result.warning,
-                detail=result.detail, seconds=result.seconds, peak_bytes=result.peak_bytes,
+                index=i,
+                name=layer.name,
+                conv=geometry.describe(),
+                activation=layer.activation.kind,
+                n=geometry.n_inputs,
+                z=geometry.n_outputs,
+                w=geometry.n_weights,
+                rank=result.rank,
+                count=count_rank(geometry),
+                deficit=result.rank - geometry.n_inputs,
+                weight=weight,
+                contribution=weight * (result.rank - geometry.n_inputs),
+                method=result.method,
+                kept=result.kept,
+                dropped=result.dropped,
+                warning=result.warning,
+                detail=result.detail,
+                seconds=result.seconds,
+                peak_bytes=result.peak_bytes,
                 dense_bytes=op.dense_bytes(),
-            )  # fmt: skip
+            )
         )
     tolerance = (
         f"dense: σ_i > {RTOL:.0e}·σ_max of U (W and G scaled to unit norm); structured: σ > "
@@ -167,14 +182,16 @@ def advice(report: AuditReport) -> list[str]:
     if report.c_m == 0:
         lines.append(
             "c(M) = 0: every conv layer's input is pinned down by its weight and gradient "
-            "constraints, so R-GAP/COPA can recover a single training image exactly from its gradient."
+            "constraints, so R-GAP/COPA can recover a single training image exactly from its "
+            "gradient."
         )
     else:
         worst = min(layers, key=lambda a: a.contribution)
         lines.append(
-            f"c(M) = {report.c_m:.1f}: layer {worst.index} ('{worst.name}', {worst.conv}) loses the "
-            f"most — rank(U) = {worst.rank} of n = {worst.n} inputs ({-worst.deficit} directions the "
-            f"constraints cannot see), weighted {worst.weight:.2f} → {worst.contribution:.1f}."
+            f"c(M) = {report.c_m:.1f}: layer {worst.index} ('{worst.name}', {worst.conv}) loses "
+            f"the most — rank(U) = {worst.rank} of n = {worst.n} inputs ({-worst.deficit} "
+            f"directions the constraints cannot see), weighted {worst.weight:.2f} → "
+            f"{worst.contribution:.1f}."
         )
     for a in layers:
         if a.deficit == 0:
@@ -182,7 +199,11 @@ def advice(report: AuditReport) -> list[str]:
                 f"Layer {a.index} ({a.conv}): its input is fully determined ({a.z} outputs + {a.w} "
                 f"weights ≥ {a.n} inputs). Fewer output channels or a larger stride here would "
                 "make it underdetermined and lower leakage"
-                + (" — most effective at the first layer, which weighs most." if a.index == 1 else ".")
+                + (
+                    " — most effective at the first layer, which weighs most."
+                    if a.index == 1
+                    else "."
+                )
             )
         else:
             lines.append(

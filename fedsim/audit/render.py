@@ -29,7 +29,9 @@ def print_audit(audit: ScenarioAudit, console: Console) -> None:
             str(a.count), str(a.deficit), f"{a.weight:.2f}", f"{a.contribution:.1f}",
         )  # fmt: skip
     console.print(table)
-    console.print(f"[bold]c(M) = {r.c_m:.1f}[/]  (0 = every layer's input determined; lower = less leakage)")
+    console.print(
+        f"[bold]c(M) = {r.c_m:.1f}[/]  (0 = every layer's input determined; lower = less leakage)"
+    )
     console.print(f"sample: {r.sample}")
     console.print(f"tolerance: {r.tolerance}; a gap kept/dropped ≥ 1e3 is called clear")
     for a in r.layers:

@@ -31,7 +31,9 @@ def _point_label(trial: Trial) -> str:
     return ", ".join(f"{k}={v}" for k, v in trial.point.items() if k.startswith("model.")) or "-"
 
 
-def audit_scenario(trials: list[Trial], source: str, method: Method | None = None) -> list[ScenarioAudit]:
+def audit_scenario(
+    trials: list[Trial], source: str, method: Method | None = None
+) -> list[ScenarioAudit]:
     """Audit each distinct model of ``trials`` (the parameters of round 1, as the
     scenario builds them) on client 0's first training sample.
 
@@ -41,7 +43,9 @@ def audit_scenario(trials: list[Trial], source: str, method: Method | None = Non
     seen: dict[str, ScenarioAudit] = {}
     for trial in trials:
         scenario = trial.scenario
-        key = scenario.model.model_dump_json() + scenario.data.model_dump_json() + str(scenario.seed)
+        key = (
+            scenario.model.model_dump_json() + scenario.data.model_dump_json() + str(scenario.seed)
+        )
         if key in seen:
             continue
         where = ("audit",) if scenario.audit is not None else ("model",)
@@ -59,7 +63,9 @@ def audit_scenario(trials: list[Trial], source: str, method: Method | None = Non
         config = scenario.model
         description = config.name + (f" {config.preset}" if config.preset else "")
         description += f" ({config.activation}"
-        description += f", output {config.output_activation})" if config.output_activation != "none" else ")"
+        description += (
+            f", output {config.output_activation})" if config.output_activation != "none" else ")"
+        )
         try:
             report = audit_model(model, data.input_shape, (x, y), sample, chosen, description)
         except (UnsupportedModel, RankError) as exc:

@@ -61,7 +61,9 @@ def select_classes(data: ImageData, names: list[str]) -> ImageData:
     if unknown or len(set(names)) != len(names):
         problem = f"unknown class {unknown[0]!r}" if unknown else "a class is named twice"
         raise DataError(f"classes: {problem} (available: {', '.join(data.class_names)})")
-    keep = np.concatenate([np.flatnonzero(data.labels.numpy() == data.class_names.index(n)) for n in names])
+    keep = np.concatenate(
+        [np.flatnonzero(data.labels.numpy() == data.class_names.index(n)) for n in names]
+    )
     relabel = {data.class_names.index(n): i for i, n in enumerate(names)}
     subset = data.subset(keep)
     labels = torch.tensor([relabel[int(v)] for v in subset.labels])

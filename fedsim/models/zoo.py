@@ -38,7 +38,9 @@ def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
 
 def output_layers(output_activation: str, negative_slope: float) -> nn.Module | None:
     """The activation after the head (``"none"``: logits straight to the loss)."""
-    return None if output_activation == "none" else make_activation(output_activation, negative_slope)
+    return (
+        None if output_activation == "none" else make_activation(output_activation, negative_slope)
+    )
 
 
 class LeNet(nn.Module):

@@ -89,7 +89,9 @@ def _fmt(value: Any, column: str) -> str:
             return "∞"
         if column in ("mse", "mse_std"):
             return f"{value:.1e}"
-        return f"{value:.1f}" if column in ("psnr", "psnr_255", "steps", "seconds") else f"{value:.3f}"
+        return (
+            f"{value:.1f}" if column in ("psnr", "psnr_255", "steps", "seconds") else f"{value:.3f}"
+        )
     return str(value)
 
 
