@@ -145,6 +145,8 @@ class Observation:
         local_steps: optimiser steps each client took (1 for FedSGD).
         device: where the attack should compute.
         seed: seed the attack must use for its randomness.
+        labels: the batch's labels when the threat model grants them
+            (``knows_labels`` on the attack), else ``None``.
     """
 
     position: Position
@@ -161,6 +163,7 @@ class Observation:
     local_steps: int
     device: torch.device
     seed: int
+    labels: torch.Tensor | None = None
 
     def model(self) -> nn.Module:
         """A model with the observed starting parameters, on :attr:`device`, in eval mode."""
@@ -336,7 +339,7 @@ def reconstruct_analytically(
 
     Returns ``unsupported`` (never raises) for a batch larger than one or a model
     that is not a supported chain. The label is recovered with the iDLG rule
-    (the observation carries none). ``postprocess`` maps the ``(1, C, H, W)``
+    unless the observation carries labels. ``postprocess`` maps the ``(1, C, H, W)``
     image in [0, 1] to a new one (e.g. denoising).
     """
     if observation.batch_size != 1:
@@ -360,10 +363,14 @@ def reconstruct_analytically(
         "layers": inversion.layers,
         "raw_range": [float(raw.min()), float(raw.max())],
         "clipped_before_inversion": inversion.clipped,
-        "label_source": "recovered (iDLG rule)",
     }
     if observation.kind == "delta":
         diagnostics["gradient_source"] = "weight delta treated as gradient: -delta / (lr * steps)"
-    labels = recover_labels(observation)
-    diagnostics["recovered_labels"] = labels.tolist()
+    if observation.labels is not None:
+        labels = observation.labels.detach().cpu().long()
+        diagnostics["label_source"] = "given by the threat model (knows_labels)"
+    else:
+        labels = recover_labels(observation)
+        diagnostics["label_source"] = "recovered (iDLG rule)"
+        diagnostics["recovered_labels"] = labels.tolist()
     return Reconstruction(images.to(torch.float32), labels, diagnostics=diagnostics)

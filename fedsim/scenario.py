@@ -127,6 +127,7 @@ class AttackConfig(Section):
     position: Literal["server", "participant"] = "server"
     rounds: list[int] | None = Field(None, description="rounds to attack (default: all)")
     max_clients: int = Field(1, ge=1, description="uploads attacked per round (server)")
+    knows_labels: bool = Field(False, description="threat model: the attacker is given the labels")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -182,7 +183,7 @@ SECTIONS: dict[str, type[Section]] = {
     "audit": AuditConfig,
     "output": OutputConfig,
 }
-RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients")
+RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients", "knows_labels")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ worse where c(M) < 0, and clear refusals outside the supported models."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -127,3 +128,12 @@ def test_batches_larger_than_one_are_unsupported() -> None:
 
     assert result.status == "unsupported"
     assert "batch of 2" in result.reason
+
+
+def test_labels_granted_by_the_threat_model_are_used_and_said_so() -> None:
+    x, y = photo(16)
+    observation = replace(observe(cnn3("cnn3-3", 16), x, y, 6), labels=torch.tensor([4]))
+    result = RGAP(RGAPParams()).reconstruct(observation)
+
+    assert result.labels.tolist() == [4]
+    assert result.diagnostics["label_source"] == "given by the threat model (knows_labels)"
