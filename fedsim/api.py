@@ -23,6 +23,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fedsim.analytic.banded import BandedCholesky, spatial_major
+from fedsim.analytic.chain import Chain, Layer, UnsupportedModel, extract_chain
+from fedsim.analytic.conv import ConvGeometry, ConvOperator
+from fedsim.analytic.layers import Constraints, invert_linear, solve_conv_input
+from fedsim.analytic.recursive import (
+    ConvResult,
+    ConvSolver,
+    ConvStep,
+    invert_chain,
+    least_squares_step,
+    solve_diagnostics,
+)
 from fedsim.attacks.gradient_matching import (
     DISTANCES,
     Distance,
@@ -43,10 +55,19 @@ __all__ = [
     "DISTANCES",
     "Attack",
     "AttackParams",
+    "BandedCholesky",
+    "Chain",
+    "Constraints",
+    "ConvGeometry",
+    "ConvOperator",
+    "ConvResult",
+    "ConvSolver",
+    "ConvStep",
     "Defence",
     "DefenceParams",
     "Distance",
     "Head",
+    "Layer",
     "MatchConfig",
     "MatchResult",
     "MatchingParams",
@@ -54,16 +75,25 @@ __all__ = [
     "Position",
     "Reconstruction",
     "Status",
+    "UnsupportedModel",
     "Update",
     "UpdateKind",
     "batch_label_counts",
+    "extract_chain",
     "find_head",
     "global_norm",
     "idlg_label",
+    "invert_chain",
+    "invert_linear",
     "labels_from_counts",
+    "least_squares_step",
     "match_gradients",
+    "reconstruct_analytically",
     "reconstruct_by_matching",
     "recover_labels",
+    "solve_conv_input",
+    "solve_diagnostics",
+    "spatial_major",
     "total_variation",
 ]
 
@@ -115,6 +145,8 @@ class Observation:
         local_steps: optimiser steps each client took (1 for FedSGD).
         device: where the attack should compute.
         seed: seed the attack must use for its randomness.
+        labels: the batch's labels when the threat model grants them
+            (``knows_labels`` on the attack), else ``None``.
     """
 
     position: Position
@@ -131,6 +163,7 @@ class Observation:
     local_steps: int
     device: torch.device
     seed: int
+    labels: torch.Tensor | None = None
 
     def model(self) -> nn.Module:
         """A model with the observed starting parameters, on :attr:`device`, in eval mode."""
@@ -295,3 +328,49 @@ def reconstruct_by_matching(
     if result.images is None:
         return Reconstruction.failed(result.failure, **diagnostics)
     return Reconstruction(result.images, result.labels, diagnostics=diagnostics)
+
+
+def reconstruct_analytically(
+    observation: Observation,
+    conv_solver: ConvSolver | None,
+    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Reconstruction:
+    """Run the top-down recursion (:func:`invert_chain`) on one sample's update.
+
+    Returns ``unsupported`` (never raises) for a batch larger than one or a model
+    that is not a supported chain. The label is recovered with the iDLG rule
+    unless the observation carries labels. ``postprocess`` maps the ``(1, C, H, W)``
+    image in [0, 1] to a new one (e.g. denoising).
+    """
+    if observation.batch_size != 1:
+        return Reconstruction.unsupported(
+            f"analytic attacks here reconstruct a single image; this update comes from a batch of "
+            f"{observation.batch_size}"
+        )
+    model = observation.model()
+    try:
+        chain = extract_chain(model, observation.input_shape)
+        inversion = invert_chain(chain, observation.gradient_estimate(), conv_solver)
+    except UnsupportedModel as exc:
+        return Reconstruction.unsupported(str(exc))
+    except ValueError as exc:
+        return Reconstruction.failed(str(exc))
+    raw = inversion.image.float()
+    images = raw.clamp(0, 1)[None]
+    if postprocess is not None:
+        images = postprocess(images)
+    diagnostics: dict[str, Any] = {
+        "layers": inversion.layers,
+        "raw_range": [float(raw.min()), float(raw.max())],
+        "clipped_before_inversion": inversion.clipped,
+    }
+    if observation.kind == "delta":
+        diagnostics["gradient_source"] = "weight delta treated as gradient: -delta / (lr * steps)"
+    if observation.labels is not None:
+        labels = observation.labels.detach().cpu().long()
+        diagnostics["label_source"] = "given by the threat model (knows_labels)"
+    else:
+        labels = recover_labels(observation)
+        diagnostics["label_source"] = "recovered (iDLG rule)"
+        diagnostics["recovered_labels"] = labels.tolist()
+    return Reconstruction(images.to(torch.float32), labels, diagnostics=diagnostics)

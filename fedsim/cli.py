@@ -33,7 +33,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", type=Path, help="run directory to create (must not exist)")
     sub.add_parser("plugins", help="list installed attacks and defences with their parameters")
+    audit = sub.add_parser("audit", help="c(M) architecture audit of a scenario's model(s)")
+    audit.add_argument("scenario", type=Path, help="scenario TOML file")
+    audit.add_argument("--json", action="store_true", help="print the audit as JSON")
+    audit.add_argument("--dense", action="store_true", help="use the dense reference path")
+    audit.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key, as for run",
+    )  # fmt: skip
     return parser
+
+
+def _audit(args: argparse.Namespace, console: Console) -> int:
+    from fedsim.audit.render import print_audit
+    from fedsim.audit.runner import audit_scenario, audits_json
+    from fedsim.scenario import ScenarioError, load
+
+    try:
+        _raw, trials = load(args.scenario, args.overrides)
+        audits = audit_scenario(trials, str(args.scenario), "dense" if args.dense else None)
+    except ScenarioError as exc:
+        print(f"fedsim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(audits_json(audits))
+    else:
+        for audit in audits:
+            print_audit(audit, console)
+    return EXIT_OK
 
 
 def _plugins(console: Console) -> int:
@@ -64,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if args.command == "plugins":
         return _plugins(console)
+    if args.command == "audit":
+        return _audit(args, console)
 
     from fedsim.run import RunError, run_scenario
     from fedsim.scenario import ScenarioError

@@ -15,6 +15,8 @@ from scipy.optimize import linear_sum_assignment
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
 PSNR_PEAK = 1.0
+PAPER_PEAK = 255.0
+"""COPA's Table 2 convention: peak 255 over the MSE of [0, 1] images (≈ +48.13 dB)."""
 SUCCESS_PSNR = 30.0
 """A reconstruction *succeeds* when every image of the batch reaches this PSNR (dB, peak 1),
 i.e. an MSE of at most 1e-3 on [0, 1] pixels."""
@@ -59,6 +61,8 @@ class ImageScore:
     ssim: float
     label_correct: bool | None
     psnr_peak: float = PSNR_PEAK
+    psnr_255: float = math.nan
+    """PSNR with peak 255 over the [0, 1] MSE (the COPA paper's convention)."""
 
     def as_dict(self) -> dict[str, float | int | bool | None]:
         return asdict(self)
@@ -104,8 +108,16 @@ def score_batch(
         true = originals[j].detach().cpu().numpy()
         test = reconstructions[i].detach().clamp(0, 1).cpu().numpy()
         label_ok = None if labels is None else bool(int(labels[i]) == int(true_labels[j]))
+        error = mse(true, test)
         scores.append(
-            ImageScore(int(j), mse(true, test), psnr(true, test), ssim(true, test), label_ok)
+            ImageScore(
+                int(j),
+                error,
+                psnr(true, test),
+                ssim(true, test),
+                label_ok,
+                psnr_255=math.inf if error == 0 else 10 * math.log10(PAPER_PEAK**2 / error),
+            )
         )
     return scores
 

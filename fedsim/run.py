@@ -19,6 +19,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedsim.audit.render import print_audit
+from fedsim.audit.runner import audit_scenario, audits_json
 from fedsim.data.datasets import DataError
 from fedsim.federation.setup import federated_data, model_factory
 from fedsim.results.images import save_grid
@@ -122,7 +124,13 @@ def run_scenario(
     raw, trials = load(path, overrides)
     preflight(trials, str(path))
     first = trials[0].scenario
+    audited = [t for t in trials if t.scenario.audit is not None]
+    audits = audit_scenario(audited, str(path)) if audited else []
     run_dir = new_run_dir(out, first.output.dir, first.name)
+    if audits:
+        (run_dir / "audit.json").write_text(audits_json(audits), encoding="utf-8")
+        for audit in audits:
+            print_audit(audit, console)
     (run_dir / "scenario.toml").write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     (run_dir / "scenario.resolved.json").write_text(
         json.dumps(
@@ -145,6 +153,8 @@ def run_scenario(
     )
 
     store = ResultsStore(run_dir, first.name)
+    if audits:
+        store.data["audit"] = [a.to_json() for a in audits]
     status = "complete"
     started = time.perf_counter()
     total = sum(t.scenario.federation.rounds for t in trials)

@@ -61,6 +61,8 @@ class DataConfig(Section):
     samples_per_class: int = Field(20, ge=1, le=10_000)
     max_samples: int | None = Field(None, ge=2)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    holdout: Literal["random", "last"] = "random"
+    classes: list[str] | None = Field(None, min_length=1)
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(0.5, gt=0.0)
 
@@ -78,6 +80,8 @@ class ModelConfig(Section):
     activation: Literal[tuple(ACTIVATIONS)] = "sigmoid"  # type: ignore[valid-type]
     layers: list[tuple[int, int, int]] | None = None
     preset: Literal[tuple(CNN3_PRESETS)] | None = None  # type: ignore[valid-type]
+    output_activation: Literal[("none", *ACTIVATIONS)] = "none"  # type: ignore[valid-type]
+    negative_slope: float = Field(0.01, gt=0.0, lt=1.0, description="leaky_relu slope for z < 0")
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -90,6 +94,8 @@ class ModelConfig(Section):
             raise ValueError("convnet needs exactly one of `layers` or `preset`")
         if self.layers is not None and any(min(layer) < 1 for layer in self.layers):
             raise ValueError("convnet layers are (kernel, channels, stride), all ≥ 1")
+        if self.name not in ("lenet", "convnet") and self.output_activation != "none":
+            raise ValueError("output_activation applies to the zoo models (lenet, convnet) only")
         return self
 
 
@@ -121,6 +127,7 @@ class AttackConfig(Section):
     position: Literal["server", "participant"] = "server"
     rounds: list[int] | None = Field(None, description="rounds to attack (default: all)")
     max_clients: int = Field(1, ge=1, description="uploads attacked per round (server)")
+    knows_labels: bool = Field(False, description="threat model: the attacker is given the labels")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -129,6 +136,12 @@ class DefenceConfig(Section):
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditConfig(Section):
+    """The architecture audit (COPA's c(M)) run once per distinct model before the federation."""
+
+    method: Literal["structured", "dense"] = "structured"
 
 
 class OutputConfig(Section):
@@ -148,6 +161,7 @@ class Scenario(Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     attacks: list[AttackConfig] = Field(default_factory=list)
     defences: list[DefenceConfig] = Field(default_factory=list)
+    audit: AuditConfig | None = None
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -166,9 +180,10 @@ SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig,
     "model": ModelConfig,
     "federation": FederationConfig,
+    "audit": AuditConfig,
     "output": OutputConfig,
 }
-RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients")
+RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients", "knows_labels")
 
 
 @dataclass(frozen=True)

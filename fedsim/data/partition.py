@@ -8,14 +8,17 @@ from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Part
 
 
 def train_test_split(
-    labels: np.ndarray, test_fraction: float, seed: int
+    labels: np.ndarray, test_fraction: float, seed: int, holdout: str = "random"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of sample indices: about ``test_fraction`` of each class
-    goes to the test split. Both index arrays are shuffled."""
+    goes to the test split, drawn at random (``holdout="random"``) or the class's
+    last samples in dataset order (``"last"``, so that e.g. the first, centred crop
+    of each photo stays in training). Both index arrays are shuffled."""
     rng = np.random.default_rng(seed)
     train, test = [], []
     for label in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == label))
+        idx = np.flatnonzero(labels == label)
+        idx = rng.permutation(idx) if holdout == "random" else idx[::-1]
         n_test = round(test_fraction * len(idx))
         test.append(idx[:n_test])
         train.append(idx[n_test:])

@@ -154,6 +154,7 @@ class AttackTap:
                         update=u.update,
                         batch_size=u.batch_size,
                         local_steps=u.local_steps,
+                        labels=u.truth[1] if config.knows_labels and u.truth else None,
                         seed=derive_seed(
                             self.trial.scenario.seed, "attack", index, server_round, u.client
                         ),
@@ -173,6 +174,7 @@ class AttackTap:
             update=aggregate,
             batch_size=sum(u.batch_size for u in uploads),
             local_steps=max(u.local_steps for u in uploads),
+            labels=truth[1] if config.knows_labels and truth else None,
             seed=derive_seed(self.trial.scenario.seed, "attack", index, server_round, "aggregate"),
         )
         return [(observation, truth, {})]
@@ -237,5 +239,6 @@ class AttackTap:
             else label_count_accuracy(labels, result.labels, observation.num_classes),
             "success": float(all(s.psnr >= SUCCESS_PSNR for s in scores)),
             "psnr_peak": scores[0].psnr_peak,
+            "psnr_255": float(np.mean([s.psnr_255 for s in scores])),
         }
         return record

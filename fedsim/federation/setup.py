@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fedsim.data.datasets import (
+    DataError,
     ImageData,
     load_cifar10,
     load_digits,
@@ -46,10 +47,27 @@ def load_images(config: DataConfig, seed: int) -> ImageData:
         data = load_cifar10(config.root, config.download, config.image_size)  # type: ignore[arg-type]
     else:
         data = load_imagefolder(config.root, config.image_size, config.grayscale)  # type: ignore[arg-type]
+    if config.classes is not None:
+        data = select_classes(data, config.classes)
     if config.max_samples is not None and len(data.labels) > config.max_samples:
         keep = np.random.default_rng(seed).permutation(len(data.labels))[: config.max_samples]
         data = data.subset(np.sort(keep))
     return data
+
+
+def select_classes(data: ImageData, names: list[str]) -> ImageData:
+    """Keep only the classes ``names`` (relabelled ``0..len(names)-1`` in that order)."""
+    unknown = [n for n in names if n not in data.class_names]
+    if unknown or len(set(names)) != len(names):
+        problem = f"unknown class {unknown[0]!r}" if unknown else "a class is named twice"
+        raise DataError(f"classes: {problem} (available: {', '.join(data.class_names)})")
+    keep = np.concatenate(
+        [np.flatnonzero(data.labels.numpy() == data.class_names.index(n)) for n in names]
+    )
+    relabel = {data.class_names.index(n): i for i, n in enumerate(names)}
+    subset = data.subset(keep)
+    labels = torch.tensor([relabel[int(v)] for v in subset.labels])
+    return ImageData(subset.images, labels, tuple(names))
 
 
 @dataclass(frozen=True)
@@ -73,7 +91,7 @@ def _federated_data(data_json: str, num_clients: int, seed: int) -> FederatedDat
     config = DataConfig.model_validate_json(data_json)
     data = load_images(config, seed)
     labels = data.labels.numpy()
-    train_idx, test_idx = train_test_split(labels, config.test_fraction, seed)
+    train_idx, test_idx = train_test_split(labels, config.test_fraction, seed, config.holdout)
     shards = partition_indices(
         labels[train_idx], num_clients, config.partition, seed, alpha=config.alpha
     )
@@ -109,6 +127,8 @@ class ModelFactory:
             preset=self.config.preset,
             kwargs=self.config.kwargs,
             seed=self.seed,
+            output_activation=self.config.output_activation,
+            negative_slope=self.config.negative_slope,
         )
 
 

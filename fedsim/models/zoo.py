@@ -29,43 +29,66 @@ CNN3_PRESETS: dict[str, list[tuple[int, int, int]]] = {
 }
 
 
+def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
+    """An activation module by name; ``negative_slope`` applies to ``leaky_relu`` only."""
+    if name == "leaky_relu":
+        return nn.LeakyReLU(negative_slope)
+    return ACTIVATIONS[name]()
+
+
+def output_layers(output_activation: str, negative_slope: float) -> nn.Module | None:
+    """The activation after the head (``"none"``: logits straight to the loss)."""
+    return (
+        None if output_activation == "none" else make_activation(output_activation, negative_slope)
+    )
+
+
 class LeNet(nn.Module):
     """The LeNet variant of DLG (Zhu et al. 2019): three 5×5 convs (strides 2, 2, 1,
     padding 2) with 12 channels, an activation after each, and one linear layer.
     Weights and biases are drawn from U(-0.5, 0.5) as in the paper's demo.
 
-    Needs H and W divisible by 4.
+    Needs H and W divisible by 4. ``output_activation`` (default none) follows the head.
     """
 
     def __init__(
-        self, in_channels: int, image_size: tuple[int, int], num_classes: int, activation: str
+        self,
+        in_channels: int,
+        image_size: tuple[int, int],
+        num_classes: int,
+        activation: str,
+        output_activation: str = "none",
+        negative_slope: float = 0.01,
     ) -> None:
         super().__init__()
         height, width = image_size
         if height % 4 or width % 4:
             raise ValueError(f"lenet needs image sides divisible by 4, got {height}×{width}")
-        act = ACTIVATIONS[activation]
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, 12, kernel_size=5, padding=2, stride=2),
-            act(),
+            make_activation(activation, negative_slope),
             nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=2),
-            act(),
+            make_activation(activation, negative_slope),
             nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=1),
-            act(),
+            make_activation(activation, negative_slope),
         )
         self.fc = nn.Linear(12 * (height // 4) * (width // 4), num_classes)
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -0.5, 0.5)
+        self.out = output_layers(output_activation, negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.body(x).flatten(1))
+        logits = self.fc(self.body(x).flatten(1))
+        return logits if self.out is None else self.out(logits)
 
 
 class ConvNet(nn.Module):
     """A plain chain of bias-free, unpadded convolutions, each followed by the same
     activation, then one fully-connected layer with bias to the classes.
 
-    ``layers`` lists ``(kernel, out_channels, stride)`` from the input upwards.
+    ``layers`` lists ``(kernel, out_channels, stride)`` from the input upwards;
+    ``output_activation`` (default none) follows the fully-connected layer, as in
+    COPA's experiments (Tanh on every layer; LeakyReLU convs with a Sigmoid output).
     """
 
     def __init__(
@@ -75,6 +98,8 @@ class ConvNet(nn.Module):
         num_classes: int,
         layers: Sequence[tuple[int, int, int]],
         activation: str,
+        output_activation: str = "none",
+        negative_slope: float = 0.01,
     ) -> None:
         super().__init__()
         if not layers:
@@ -90,14 +115,16 @@ class ConvNet(nn.Module):
                 )
             modules += [
                 nn.Conv2d(channels, out_channels, kernel, stride=stride, bias=False),
-                ACTIVATIONS[activation](),
+                make_activation(activation, negative_slope),
             ]
             channels = out_channels
         self.body = nn.Sequential(*modules)
         self.fc = nn.Linear(channels * height * width, num_classes)
+        self.out = output_layers(output_activation, negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.body(x).flatten(1))
+        logits = self.fc(self.body(x).flatten(1))
+        return logits if self.out is None else self.out(logits)
 
 
 def import_model_class(path: str) -> type[nn.Module]:
@@ -125,6 +152,8 @@ def build_model(
     preset: str | None = None,
     kwargs: dict[str, Any] | None = None,
     seed: int = 0,
+    output_activation: str = "none",
+    negative_slope: float = 0.01,
 ) -> nn.Module:
     """Build a model whose initial parameters depend only on the arguments.
 
@@ -136,6 +165,9 @@ def build_model(
         layers: ``convnet`` layers as ``(kernel, channels, stride)``.
         preset: a key of :data:`CNN3_PRESETS` instead of ``layers``.
         seed: seeds the parameter initialisation.
+        output_activation: ``"none"`` or an :data:`ACTIVATIONS` key applied to the
+            logits (zoo models only).
+        negative_slope: ``leaky_relu``'s slope for ``z < 0`` (zoo models only).
 
     Raises:
         ValueError: on an unknown model, a bad spec, or a user model whose output
@@ -145,13 +177,19 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "lenet":
-            model: nn.Module = LeNet(channels, (height, width), num_classes, activation)
+            model: nn.Module = LeNet(
+                channels, (height, width), num_classes, activation, output_activation,
+                negative_slope,
+            )  # fmt: skip
         elif name == "convnet":
             spec = CNN3_PRESETS[preset] if preset else layers
             if spec is None:
                 raise ValueError("convnet needs `layers` or `preset`")
             triples = [tuple(int(v) for v in layer) for layer in spec]
-            model = ConvNet(channels, (height, width), num_classes, triples, activation)  # type: ignore[arg-type]
+            model = ConvNet(
+                channels, (height, width), num_classes, triples, activation,  # type: ignore[arg-type]
+                output_activation, negative_slope,
+            )  # fmt: skip
         else:
             model = import_model_class(name)(**(kwargs or {}))
     with torch.no_grad():

@@ -39,6 +39,7 @@ CSV_COLUMNS = (
     "label_count_accuracy",
     "success",
     "psnr_peak",
+    "psnr_255",
     "attack_seconds",
     "iterations",
 )

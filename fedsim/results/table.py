@@ -15,6 +15,7 @@ COLUMNS = {
     "ok": "ok",
     "success": "success",
     "psnr": "PSNR dB",
+    "psnr_255": "PSNR₂₅₅",
     "ssim": "SSIM",
     "mse": "MSE",
     "mse_std": "± std",
@@ -62,8 +63,8 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "ok": f"{len(ok)}/{len(mine)}",
                     "success": _mean([(r["metrics"] or {}).get("success", 0.0) for r in mine]),
                     **{
-                        m: _mean([r["metrics"][m] for r in ok])
-                        for m in ("psnr", "ssim", "mse", "label_accuracy")
+                        m: _mean([r["metrics"].get(m) for r in ok])
+                        for m in ("psnr", "psnr_255", "ssim", "mse", "label_accuracy")
                     },
                     "mse_std": _std([r["metrics"]["mse"] for r in ok]),
                     "steps": _mean([r["diagnostics"].get("iterations") for r in won]),
@@ -88,7 +89,9 @@ def _fmt(value: Any, column: str) -> str:
             return "∞"
         if column in ("mse", "mse_std"):
             return f"{value:.1e}"
-        return f"{value:.1f}" if column in ("psnr", "steps", "seconds") else f"{value:.3f}"
+        return (
+            f"{value:.1f}" if column in ("psnr", "psnr_255", "steps", "seconds") else f"{value:.3f}"
+        )
     return str(value)
 
 

@@ -1,0 +1,1 @@
+"""Analytic (closed-form) gradient inversion: conv structure, ranks, layer-by-layer solves."""
