@@ -26,10 +26,12 @@ constraint is selectable (``constraint``):
   ``f(∇W') − f(∇W) − λ·E[(‖∇f(v̂)‖₂ − 1)²]`` with ``v̂`` drawn uniformly on the
   segment between the two gradients. For a linear critic ``∇f = w`` everywhere,
   so the penalty is ``λ(‖w‖ − 1)²`` on the weight norm: the maximiser is
-  ``w = (1 + Δ/2λ)·u`` with ``Δ = ‖∇W' − ∇W‖₂`` and ``u`` the unit difference, and
-  the critic's value ``Δ + Δ²/4λ``. The penalty is a soft, two-sided version of the
-  projection (onto the unit sphere rather than the ball) that tends to it as
-  ``λ → ∞``, and its value is W1 plus a squared-L2 term of weight ``1/4λ``.
+  ``w = (1 + Δ/2λ)·u`` with ``Δ = ‖∇W' − ∇W‖₂`` and ``u`` the unit difference. The
+  penalty is a soft, two-sided version of the projection (onto the unit sphere
+  rather than the ball) that tends to it as ``λ → ∞``; the objective the images
+  see, ``wᵀ(∇W' − ∇W) = Δ + Δ²/2λ``, is W1 plus DLG's squared L2 distance with
+  weight ``1/2λ``. A smooth MLP critic near-linear on the segment behaves alike
+  (its gradient norm settles near ``1 + Δ/2λ``, not 1).
 
 ``critic`` picks the critic: ``linear`` (``wᵀv``, no bias: it would cancel) or
 ``mlp`` (one hidden layer of ``critic_width`` Softplus units; Softplus keeps the
