@@ -91,7 +91,10 @@ class FilterStatistics:
 def normalised_features(
     images: torch.Tensor, features: FeatureMap, statistics: FilterStatistics | None = None
 ) -> torch.Tensor:
-    """``φ(images) = (f(images) − μ) / σ``, ``(B, K, h, w)``; ``f`` alone without statistics."""
+    """``φ(images) = (f(images) − μ) / σ``, ``(B, K, h, w)``, float64; ``f`` alone without
+    statistics. ``images`` move to the device of ``features`` when it is a module."""
+    if isinstance(features, nn.Module):
+        images = images.to(next(features.parameters(), images).device)
     with torch.no_grad():
         maps = features(images).double()
     if statistics is None:
@@ -226,7 +229,7 @@ def load_vgg19_features(path: Path, device: torch.device) -> VGGFeatures:
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise WeightsError(f"{path} is not torchvision VGG-19 weights ({first})") from None
-    return VGGFeatures(body).to(device).eval().requires_grad_(False)
+    return VGGFeatures(body).float().to(device).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------- the statistics cache
@@ -357,7 +360,8 @@ def build_perceptual_metric(
                 "(an incomplete or different file)"
             )
         features = load_vgg19_features(path, device)
-    except (OSError, WeightsError) as exc:
+        features(torch.zeros(1, channels, MIN_SIDE, MIN_SIDE, device=device))  # a probe
+    except (OSError, WeightsError, RuntimeError) as exc:
         return PerceptualMetric.unavailable(str(exc))
     key = {
         "weights_sha256": digest,
