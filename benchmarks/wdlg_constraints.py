@@ -22,6 +22,7 @@ PSNR curves.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from flwr.app import ArrayRecord
 from rich.console import Console
 from rich.table import Table
 
-from fedsim.api import match_gradients
+from fedsim.api import DISTANCES, match_gradients
 from fedsim.federation.client_app import local_update
 from fedsim.federation.setup import derive_seed, federated_data, model_factory
 from fedsim.metrics import SUCCESS_PSNR, psnr
@@ -49,12 +50,22 @@ SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "wdlg_vs_dlg.t
 WDLG_INDEX = 1  # position of [[attacks]] wdlg in the scenario: it fixes the attack seed
 VARIANTS: dict[str, dict[str, object]] = {
     "projection, linear": {"constraint": "projection", "critic": "linear"},
-    "clip, linear": {"constraint": "clip", "critic": "linear"},
-    "penalty, linear": {"constraint": "penalty", "critic": "linear"},
-    "penalty λ=1, linear": {"constraint": "penalty", "critic": "linear", "penalty_weight": 1.0},
-    "clip, mlp": {"constraint": "clip", "critic": "mlp"},
-    "penalty, mlp": {"constraint": "penalty", "critic": "mlp"},
+    "clip c=0.01, linear": {"constraint": "clip", "critic": "linear"},
+    **{
+        f"penalty λ={weight:g}, linear": {
+            "constraint": "penalty",
+            "critic": "linear",
+            "penalty_weight": weight,
+        }
+        for weight in (10.0, 1.0, 0.3, 0.1)
+    },
+    "clip c=0.01, mlp": {"constraint": "clip", "critic": "mlp"},
+    "penalty λ=10, mlp": {"constraint": "penalty", "critic": "mlp", "penalty_weight": 10.0},
+    "squared L2 (λ → 0)": {"distance": "l2"},
 }
+"""WDLG parameters per variant; ``distance`` replaces the critic by a named distance
+(the squared L2 of DLG/iDLG: a penalised linear critic's objective ``Δ + Δ²/2λ`` is
+dominated by ``Δ²/2λ`` as λ → 0)."""
 
 
 @dataclass
@@ -82,7 +93,7 @@ def scenario(clients: int) -> Scenario:
     return load(SCENARIO, overrides)[1][0].scenario
 
 
-def attack(chosen: Scenario, client: int, params: WDLGParams) -> Run:
+def attack(chosen: Scenario, client: int, params: WDLGParams, distance: str | None = None) -> Run:
     """One WDLG attack on ``client``'s round-1 upload, scored after every step."""
     data = federated_data(chosen)
     model = model_factory(chosen, data)()
@@ -100,10 +111,14 @@ def attack(chosen: Scenario, client: int, params: WDLGParams) -> Run:
 
     seed = derive_seed(chosen.seed, "attack", WDLG_INDEX, 1, client)
     config = wdlg_config(params, seed)
-    make_distance = config.distance
+    if distance is not None:
+        config = replace(config, distance=distance)
+    make_distance = (
+        DISTANCES[config.distance] if isinstance(config.distance, str) else config.distance
+    )
 
     def counted(targets: list[torch.Tensor]) -> Callable[[list[torch.Tensor]], torch.Tensor]:
-        inner = make_distance(targets)  # type: ignore[operator]
+        inner = make_distance(targets)
 
         def distance(grads: list[torch.Tensor]) -> torch.Tensor:
             nonlocal calls
@@ -135,21 +150,28 @@ def median(values: list[float]) -> str:
 
 
 def plot(runs: dict[str, list[Run]], path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for colour, (name, results) in zip(plt.cm.tab10.colors, runs.items(), strict=False):
-        for i, run in enumerate(results):
-            label = name if i == 0 else None
+    """One panel per variant: each client's objective (relative to its first value, log
+    scale, left) and PSNR (right), one colour per client."""
+    columns = 3
+    rows = math.ceil(len(runs) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.9 * rows), squeeze=False)
+    for ax, (name, results) in zip(axes.flat, runs.items(), strict=False):
+        quality = ax.twinx()
+        for colour, run in zip(plt.cm.tab10.colors, results, strict=False):
             first = abs(run.losses[0]) or 1.0
-            left.plot([max(abs(v) / first, 1e-12) for v in run.losses], color=colour,
-                      alpha=0.7, linewidth=1, label=label)  # fmt: skip
-            right.plot(run.psnrs, color=colour, alpha=0.7, linewidth=1, label=label)
-    left.set(yscale="log", xlabel="L-BFGS step", ylabel="|critic value| / first value",
-             title="objective (W1 estimate)")  # fmt: skip
-    right.axhline(SUCCESS_PSNR, color="grey", linestyle=":", linewidth=1)
-    right.set(xlabel="L-BFGS step", ylabel="PSNR dB (peak 1)", title="reconstruction")
-    right.legend(fontsize=8)
+            ax.plot([max(abs(v) / first, 1e-9) for v in run.losses], color=colour,
+                    linewidth=0.8, alpha=0.8)  # fmt: skip
+            quality.plot(run.psnrs, color=colour, linewidth=1.2, linestyle=":")
+        quality.axhline(SUCCESS_PSNR, color="grey", linewidth=0.8)
+        quality.set(ylim=(0, 90), ylabel="PSNR dB (dotted)")
+        ax.set(yscale="log", ylim=(1e-9, 1e4), xlabel="L-BFGS step",
+               ylabel="objective / first (solid)")  # fmt: skip
+        won = sum(r.success for r in results)
+        ax.set_title(f"{name}: {won}/{len(results)} at ≥{SUCCESS_PSNR:g} dB", fontsize=9)
+    for ax in list(axes.flat)[len(runs) :]:
+        ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -171,10 +193,10 @@ def main() -> None:
     runs: dict[str, list[Run]] = {name: [] for name in args.variants}
     for client in range(args.clients):
         for name in args.variants:
-            params = WDLGParams(
-                **VARIANTS[name], **extra, max_seconds=args.seconds, iterations=args.iterations
-            )
-            runs[name].append(attack(chosen, client, params))
+            settings = {**VARIANTS[name], **extra}
+            distance = settings.pop("distance", None)
+            params = WDLGParams(**settings, max_seconds=args.seconds, iterations=args.iterations)  # type: ignore[arg-type]
+            runs[name].append(attack(chosen, client, params, distance))  # type: ignore[arg-type]
             last = runs[name][-1]
             print(f"client {client} {name}: final {last.psnrs[-1]:.1f} dB, "
                   f"success step {last.success_step}", flush=True)  # fmt: skip
