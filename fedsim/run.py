@@ -197,4 +197,12 @@ def run_scenario(
     save_grid(grid_rows(store.data), run_dir, run_dir / "grid.png")
     save_loss_curves(store.data["records"], run_dir / "loss_curves.png")
     console.print(rich_table(summarise(store.data), title=f"{first.name}: {status}"))
+    for reason in sorted(unavailable_metrics(store.data)):
+        console.print(f"[yellow]relative-perceptual-L1 unavailable:[/] {reason}")
     return run_dir, status
+
+
+def unavailable_metrics(results: dict[str, Any]) -> set[str]:
+    """Why the trials' optional relative-perceptual-L1 could not be computed (if asked for)."""
+    infos = [t.get("rel_perceptual_l1") for t in results["trials"]]
+    return {i["reason"] for i in infos if i is not None and i["status"] == "unavailable"}

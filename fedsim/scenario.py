@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedsim.models.zoo import ACTIVATIONS, CNN3_PRESETS
 from fedsim.registry import discover
@@ -144,6 +151,33 @@ class AuditConfig(Section):
     method: Literal["structured", "dense"] = "structured"
 
 
+class PerceptualConfig(Section):
+    """relative-perceptual-L1 (VGG-19 ``relu4_2``, see :mod:`fedsim.perceptual`) next to
+    PSNR/SSIM. ``stats_data`` names the dataset of the per-filter statistics (same keys
+    as ``[data]``; default: the scenario's ``[data]``)."""
+
+    weights: str = Field(
+        "torchvision",
+        description="'torchvision' (its file in torch.hub.get_dir()/checkpoints) or a path",
+    )
+    stats_data: DataConfig | None = None
+    stats_samples: int = Field(1000, ge=1, le=1_000_000)
+    cache_dir: Path | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_file(cls, value: str) -> str:
+        if value != "torchvision" and not Path(value).expanduser().is_file():
+            raise ValueError(f"no weights file {value!r} (or use 'torchvision')")
+        return value
+
+
+class MetricsConfig(Section):
+    """Optional reconstruction metrics beyond MSE, PSNR and SSIM."""
+
+    perceptual: PerceptualConfig | None = None
+
+
 class OutputConfig(Section):
     dir: Path = Path("runs")
     save_images: bool = True
@@ -162,6 +196,7 @@ class Scenario(Section):
     attacks: list[AttackConfig] = Field(default_factory=list)
     defences: list[DefenceConfig] = Field(default_factory=list)
     audit: AuditConfig | None = None
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -181,6 +216,7 @@ SECTIONS: dict[str, type[Section]] = {
     "model": ModelConfig,
     "federation": FederationConfig,
     "audit": AuditConfig,
+    "metrics": MetricsConfig,
     "output": OutputConfig,
 }
 RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients", "knows_labels")
@@ -236,6 +272,26 @@ def _scan_table(
     return axes
 
 
+def _section_type(annotation: Any) -> type[Section] | None:
+    """The :class:`Section` a field holds (``X`` or ``X | None``), else ``None``."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            return candidate
+    return None
+
+
+def _scan_section(
+    table: dict[str, Any], cls: type[Section], path: KeyPath, source: str
+) -> list[_Axis]:
+    """:func:`_scan_table` for a section, recursing into its sub-sections' tables."""
+    axes = _scan_table(table, _fields(cls), path, source)
+    for key, value in table.items():
+        sub = _section_type(cls.model_fields[key].annotation)
+        if sub is not None and isinstance(value, dict):
+            axes += _scan_section(value, sub, (*path, key), source)
+    return axes
+
+
 def _plugin_entry(
     kind: str, index: int, entry: Any, source: str
 ) -> tuple[type[BaseModel], dict[str, Any], dict[str, Any]]:
@@ -269,7 +325,7 @@ def _find_axes(raw: dict[str, Any], source: str) -> list[_Axis]:
         value = raw.get(section, {})
         if not isinstance(value, dict):
             raise ScenarioError(source, (section,), "must be a table")
-        axes += _scan_table(value, _fields(cls), (section,), source)
+        axes += _scan_section(value, cls, (section,), source)
     for kind in ("attacks", "defences"):
         entries = raw.get(kind, [])
         if not isinstance(entries, list):

@@ -8,6 +8,7 @@ travelled separately, saves PNGs and appends a :class:`Record`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ import torch
 from fedsim.api import Attack, Observation, Reconstruction, Update
 from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
 from fedsim.metrics import SUCCESS_PSNR, label_count_accuracy, score_batch
+from fedsim.perceptual import PerceptualMetric, build_perceptual_metric
 from fedsim.registry import discover
 from fedsim.results.images import save_png
 from fedsim.results.store import Record, ResultsStore
-from fedsim.scenario import AttackConfig, Trial
+from fedsim.scenario import AttackConfig, DataConfig, PerceptualConfig, Scenario, Trial
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,31 @@ def run_attack(attack: Attack, observation: Observation) -> Reconstruction:
     return result
 
 
+@functools.lru_cache(maxsize=2)
+def _perceptual_metric(
+    config_json: str, data_json: str, channels: int, device: str
+) -> PerceptualMetric:
+    return build_perceptual_metric(
+        PerceptualConfig.model_validate_json(config_json),
+        DataConfig.model_validate_json(data_json),
+        channels,
+        torch.device(device),
+    )
+
+
+def perceptual_metric(
+    scenario: Scenario, channels: int, device: torch.device
+) -> PerceptualMetric | None:
+    """The scenario's relative-perceptual-L1 (built once per process and settings), or
+    ``None`` when ``[metrics.perceptual]`` is absent."""
+    config = scenario.metrics.perceptual
+    if config is None:
+        return None
+    return _perceptual_metric(
+        config.model_dump_json(), scenario.data.model_dump_json(), channels, str(device)
+    )
+
+
 class AttackTap:
     """Runs the scenario's attacks on one trial's rounds and stores scored records."""
 
@@ -86,6 +113,9 @@ class AttackTap:
     ) -> None:
         self.trial, self.data, self.factory = trial, data, factory
         self.store, self.run_dir, self.device, self.progress = store, run_dir, device, progress
+        self.perceptual = perceptual_metric(trial.scenario, data.input_shape[0], device)
+        if self.perceptual is not None:
+            store.set_trial_info(trial.index, "rel_perceptual_l1", self.perceptual.info)
         plugins = discover().attacks
         self.attacks = [
             (i, config, plugins[config.name](plugins[config.name].Params(**config.params)))
@@ -218,6 +248,7 @@ class AttackTap:
             f"a{index}-{config.name}"
         )
         (self.run_dir / "images").mkdir(exist_ok=True)
+        perceptual: list[float | None] = []
         for k, score in enumerate(scores):
             original = reconstruction = None
             if self.trial.scenario.output.save_images:
@@ -228,6 +259,14 @@ class AttackTap:
             record.images.append(
                 {**score.as_dict(), "original_png": original, "reconstruction_png": reconstruction}
             )
+            if self.perceptual is not None:
+                perceptual.append(
+                    self.perceptual(
+                        originals[score.original_index].detach().cpu().numpy(),
+                        result.images[k].detach().clamp(0, 1).cpu().numpy(),  # type: ignore[index]
+                    )
+                )
+                record.images[-1]["rel_perceptual_l1"] = perceptual[-1]
         labelled = [s.label_correct for s in scores if s.label_correct is not None]
         record.metrics = {
             "psnr": float(np.mean([s.psnr for s in scores])),
@@ -241,4 +280,7 @@ class AttackTap:
             "psnr_peak": scores[0].psnr_peak,
             "psnr_255": float(np.mean([s.psnr_255 for s in scores])),
         }
+        if self.perceptual is not None:
+            values = [v for v in perceptual if v is not None]
+            record.metrics["rel_perceptual_l1"] = float(np.mean(values)) if values else None
         return record

@@ -34,6 +34,7 @@ CSV_COLUMNS = (
     "reason",
     "psnr",
     "ssim",
+    "rel_perceptual_l1",
     "mse",
     "label_accuracy",
     "label_count_accuracy",
@@ -50,8 +51,9 @@ class Record:
     """One scored attack on one upload (or aggregate).
 
     ``metrics`` holds batch means (``psnr``, ``ssim``, ``mse``, ``label_accuracy``,
-    ``psnr_peak``); ``images`` holds one entry per reconstructed image (its
-    scores and the relative paths of its PNGs).
+    ``psnr_peak``, and ``rel_perceptual_l1`` when ``[metrics.perceptual]`` is set:
+    ``None`` if unavailable, the trial says why); ``images`` holds one entry per
+    reconstructed image (its scores and the relative paths of its PNGs).
     """
 
     trial: int
@@ -138,6 +140,12 @@ class ResultsStore:
         with self._lock:
             trial = self._trial(index)
             trial["client_failures"].extend({"round": server_round, "error": e} for e in errors)
+            self._save()
+
+    def set_trial_info(self, index: int, key: str, value: Any) -> None:
+        """Record ``value`` under ``key`` in trial ``index`` (e.g. an optional metric's status)."""
+        with self._lock:
+            self._trial(index)[key] = value
             self._save()
 
     def finish_trial(self, index: int, status: str, error: str = "") -> None:

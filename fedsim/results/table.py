@@ -24,6 +24,8 @@ COLUMNS = {
     "seconds": "s",
     "test_accuracy": "test acc",
 }
+OPTIONAL_COLUMNS = {"rel_perceptual_l1": ("ssim", "rel-perc-L1")}
+"""Columns shown only when some row has a value: key → (column it follows, header)."""
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -66,6 +68,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                         m: _mean([r["metrics"].get(m) for r in ok])
                         for m in ("psnr", "psnr_255", "ssim", "mse", "label_accuracy")
                     },
+                    "rel_perceptual_l1": _mean([r["metrics"].get("rel_perceptual_l1") for r in ok]),
                     "mse_std": _std([r["metrics"]["mse"] for r in ok]),
                     "steps": _mean([r["diagnostics"].get("iterations") for r in won]),
                     "seconds": _mean([r["attack_seconds"] for r in won]),
@@ -95,11 +98,23 @@ def _fmt(value: Any, column: str) -> str:
     return str(value)
 
 
+def columns(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """:data:`COLUMNS` plus each of :data:`OPTIONAL_COLUMNS` that some row has a value for."""
+    shown = dict(COLUMNS)
+    for key, (after, header) in OPTIONAL_COLUMNS.items():
+        if any(row.get(key) is not None for row in rows):
+            items = list(shown.items())
+            at = [k for k, _ in items].index(after) + 1
+            shown = dict([*items[:at], (key, header), *items[at:]])
+    return shown
+
+
 def rich_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
-    for column, header in COLUMNS.items():
+    shown = columns(rows)
+    for column, header in shown.items():
         left = column in ("point", "attack", "position")
         table.add_column(header, justify="left" if left else "right", overflow="fold")
     for row in rows:
-        table.add_row(*(_fmt(row[c], c) for c in COLUMNS))
+        table.add_row(*(_fmt(row[c], c) for c in shown))
     return table
