@@ -12,6 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+STAGE_NAMES = {
+    "upload": "the client's upload",
+    "training": "the client's training",
+    "aggregate": "the server's aggregate",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +56,10 @@ def _plugins(console: Console) -> int:
             )
             summary = cls.summary
             if kind == "defences":
-                summary += "\nformal guarantee: " + ("yes" if cls.formal_guarantee else "no")
+                summary += "\nacts at: " + " or ".join(STAGE_NAMES[s] for s in cls.stages)
+                summary += "\nformal guarantee: " + (
+                    "yes (clipping + noise + accountant)" if cls.formal_guarantee else "no"
+                )
             table.add_row(name, summary, params or "-")
         console.print(table)
     for where, error in found.broken.items():

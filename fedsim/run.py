@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedsim.data.datasets import DataError
 from fedsim.federation.setup import federated_data, model_factory
+from fedsim.registry import instantiate_defence
 from fedsim.results.images import save_grid
 from fedsim.results.plots import save_loss_curves
 from fedsim.results.store import ResultsStore
@@ -53,9 +54,13 @@ def preflight(trials: list[Trial], source: str) -> None:
         except (DataError, ValueError) as exc:
             raise ScenarioError(source, ("data",), str(exc)) from None
         try:
-            model_factory(scenario, data)()
+            model = model_factory(scenario, data)()
         except (ValueError, TypeError) as exc:
             raise ScenarioError(source, ("model",), str(exc)) from None
+        for i, config in enumerate(scenario.defences):
+            reason = instantiate_defence(config.name, config.params).supports(model)
+            if reason:
+                raise ScenarioError(source, ("defences", i), reason)
         if len(data.test.labels) == 0:
             raise ScenarioError(
                 source,
