@@ -36,7 +36,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a key, e.g. federation.rounds=2 or 'defences[0].sigma=[0, 0.1]'",
     )
-    run.add_argument("--out", type=Path, help="run directory to create (must not exist)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="run directory to create (must not exist)")
+    where.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="finish an interrupted run in RUN_DIR: completed sweep points are not run again "
+        "(the scenario and --set overrides must give the same points)",
+    )
     sub.add_parser("plugins", help="list installed attacks and defences with their parameters")
     return parser
 
@@ -77,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedsim.scenario import ScenarioError
 
     try:
-        run_dir, status = run_scenario(args.scenario, args.overrides, args.out, console)
+        run_dir, status = run_scenario(
+            args.scenario, args.overrides, args.out, console, resume=args.resume
+        )
     except (ScenarioError, RunError) as exc:
         print(f"fedsim: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,25 +24,46 @@ that every process uses.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import types
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from opacus import PrivacyEngine
-from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
 from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedsim.api import Defence, DefenceParams, LocalTraining, TrainingResult, noise_ratio
 
+if TYPE_CHECKING:
+    from opacus.optimizers import DPOptimizer
+
 ACCOUNTANT = "rdp"
+
+
+@functools.cache
+def _opacus() -> types.SimpleNamespace:
+    """Opacus, imported on first use. Its import calls ``logging.basicConfig``
+    (``opacus.utils.module_utils``), which gives the root logger a stderr handler
+    and so echoes Flower's debug log on the console; that handler is removed again."""
+    before = list(logging.root.handlers)
+    from opacus import PrivacyEngine
+    from opacus.grad_sample import GradSampleModule
+    from opacus.validators import ModuleValidator
+
+    for handler in [h for h in logging.root.handlers if h not in before]:
+        logging.root.removeHandler(handler)
+    return types.SimpleNamespace(
+        PrivacyEngine=PrivacyEngine,
+        GradSampleModule=GradSampleModule,
+        ModuleValidator=ModuleValidator,
+    )
 
 
 class DPSGDParams(DefenceParams):
@@ -118,8 +139,9 @@ class DPSGD(Defence):
     def supports(self, model: nn.Module) -> str | None:
         p: DPSGDParams = self.params  # type: ignore[assignment]
         model.train()
-        errors = ModuleValidator.validate(model, strict=False)
-        errors += GradSampleModule.validate(model, strict=False)
+        opacus = _opacus()
+        errors = opacus.ModuleValidator.validate(model, strict=False)
+        errors += opacus.GradSampleModule.validate(model, strict=False)
         if not errors:
             return None
         reasons = "; ".join(str(e).split(". ")[0] for e in errors)
@@ -132,9 +154,10 @@ class DPSGD(Defence):
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         p: DPSGDParams = self.params  # type: ignore[assignment]
-        if not p.fix_model or not ModuleValidator.validate(model.train(), strict=False):
+        validator = _opacus().ModuleValidator
+        if not p.fix_model or not validator.validate(model.train(), strict=False):
             return model
-        return ModuleValidator.fix(model)
+        return validator.fix(model)
 
     def train(self, task: LocalTraining) -> TrainingResult:
         p: DPSGDParams = self.params  # type: ignore[assignment]
@@ -147,7 +170,7 @@ class DPSGD(Defence):
         model = task.model
         before = {n: q.detach().clone() for n, q in model.named_parameters()}
         with _quiet_opacus():
-            engine = PrivacyEngine(accountant=ACCOUNTANT)
+            engine = _opacus().PrivacyEngine(accountant=ACCOUNTANT)
             if self.history:
                 engine.accountant.load_state_dict(
                     {"history": list(self.history), "mechanism": ACCOUNTANT}

@@ -240,6 +240,12 @@ class ResultsStore:
             self.data["records"].append(asdict(record))
             self._save()
 
+    def set_plots(self, plots: list[dict[str, str]]) -> None:
+        """List the run's PNGs as ``{"path", "title"}`` (paths relative to the run directory)."""
+        with self._lock:
+            self.data["plots"] = plots
+            self._save()
+
     def close(self, status: str) -> None:
         with self._lock:
             self.data.update(status=status, finished=_now())
