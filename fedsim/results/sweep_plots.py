@@ -166,7 +166,9 @@ def _epsilon(rows: list[dict[str, Any]], axes: Axes, path: Path) -> bool:
     _set_xscale(ax, [r[x] for r in per_point])
     ax.set_yscale("log")
     ax.set_xlabel(_label(x))
-    ax.set_ylabel(f"ε at δ={per_point[0].get('delta'):g} after the last round")
+    deltas = sorted({r["delta"] for r in per_point if r.get("delta") is not None})
+    at = f" at δ={', '.join(f'{d:g}' for d in deltas)}" if deltas else ""
+    ax.set_ylabel(f"ε{at} after the last round")
     ax.set_title("privacy spent")
     ax.legend(fontsize=7)
     _save(fig, path)
