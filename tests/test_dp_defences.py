@@ -77,10 +77,10 @@ def test_client_placement_clips_then_adds_noise_of_std_z_times_c() -> None:
 
 def test_client_epsilon_composes_over_rounds_and_survives_state_round_trip() -> None:
     first = dp(clip_norm=1.0, noise_multiplier=2.0)
-    epsilons = []
+    epsilons, state = [], {}
     for round_ in range(3):
-        defence = dp(clip_norm=1.0, noise_multiplier=2.0)
-        if round_:
+        defence = dp(clip_norm=1.0, noise_multiplier=2.0)  # a new instance each round
+        if state:
             defence.load_state_dict(state)
         _, measured = defence.apply(make_update(), torch.Generator().manual_seed(round_))
         state = defence.state_dict()

@@ -127,7 +127,7 @@ def test_resume_refuses_a_changed_scenario(
         "noise_multiplier=0.0): scenario.federation.rounds: 2 → 3; "
         "restore it or start a new run"
     )
-    with pytest.raises(RunError, match="was made for 4 sweep points, .* now gives 2"):
+    with pytest.raises(RunError, match=r"was made for 4 sweep points, .* now gives 2"):
         run(source, monkeypatch, FakeFederation(), resume=run_dir,
             overrides=["defences[0].noise_multiplier=[0.0, 0.5]"])  # fmt: skip
     with pytest.raises(RunError, match="not a fedsim run directory"):
