@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+WIDE = 200
+"""Console width when the output is not a terminal (rich would assume 80 columns)."""
 STAGE_NAMES = {
     "upload": "the client's upload",
     "training": "the client's training",
@@ -78,6 +80,8 @@ def _plugins(console: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # a log file: keep the tables' rows on one line each
+        console = Console(width=max(console.width, WIDE))
     if args.command == "plugins":
         return _plugins(console)
 

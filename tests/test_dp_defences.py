@@ -14,6 +14,7 @@ from fedsim_plugins.quantisation import Quantisation
 
 from fedsim.api import Defence, clip_update, global_norm, weighted_mean
 from fedsim.registry import _defence_problem
+from fedsim.scenario import ScenarioError, expand
 
 # The sample std of n i.i.d. normal draws has relative standard error ≈ 1/sqrt(2n);
 # with n = 100,000 that is 0.22 %, so a 2 % tolerance is ~9 standard errors: it
@@ -173,3 +174,21 @@ def test_a_defence_must_implement_the_hook_of_its_stage() -> None:
     )
     assert "stages must be among" in (_defence_problem(Nowhere) or "")
     assert _defence_problem(DPGaussian) is None
+
+
+def test_one_defence_per_replacing_stage() -> None:
+    raw = {
+        "defences": [
+            {"name": "gaussian_noise", "sigma": 0.1, "placement": "server"},
+            {"name": "pruning", "p": 0.5},
+            {"name": "dp_gaussian", "placement": ["client", "server"]},
+        ]
+    }
+    with pytest.raises(ScenarioError) as error:
+        expand(raw, "x.toml")
+    assert str(error.value) == (
+        "x.toml: defences[2]: only one defence may act at stage 'aggregate'; "
+        "defences[0] already does"
+    )
+    with pytest.raises(ScenarioError, match=r"defences\[0\]\.placement: Input should be"):
+        expand({"defences": [{"name": "dp_gaussian", "placement": "cloud"}]}, "x.toml")

@@ -44,14 +44,19 @@ def _series_name(row: dict[str, Any], axes: Axes) -> str:
 
 
 def _set_xscale(ax: MplAxes, xs: Sequence[float]) -> None:
-    """Log scale when the positive values span two decades or more (symlog with a 0)."""
-    positive = [x for x in xs if x > 0]
-    if len(positive) < 2 or min(xs) < 0 or max(positive) / min(positive) < 100:
+    """Log scale when the positive values span two decades or more (symlog with a 0),
+    ticks at the swept values."""
+    positive = sorted({x for x in xs if x > 0})
+    if len(positive) < 2 or min(xs) < 0 or positive[-1] / positive[0] < 100:
         return
     if min(xs) == 0:
-        ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set_xscale("symlog", linthresh=positive[0])
+        ax.set_xlim(left=-0.3 * positive[0], right=positive[-1] * 1.5)
     else:
         ax.set_xscale("log")
+    ticks = sorted(set(xs))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
 
 
 def _finite(value: Any) -> bool:
@@ -79,16 +84,16 @@ def _leakage(rows: list[dict[str, Any]], axes: Axes, path: Path) -> None:
     x = axes.x or ""
     positions = [p for p in ("server", "participant") if any(r["position"] == p for r in rows)]
     fig, panels = plt.subplots(1, len(positions), figsize=(5.5 * len(positions), 4), squeeze=False)
-    attacks = sorted({(r["attack_index"], r["attack"]) for r in rows if r["attack"]})
+    attacks = sorted({r["attack"] for r in rows if r["attack"]})
     colours = dict(zip(attacks, cycle(plt.cm.tab10.colors), strict=False))
     styles = dict(zip(sorted({_series_name(r, axes) for r in rows}), cycle(LINESTYLES),
                       strict=False))  # fmt: skip
     for ax, position in zip(panels[0], positions, strict=True):
         mine = [r for r in rows if r["position"] == position]
         lines = _lines(mine, x, "psnr", ["attack_index", "attack", *axes.series])
-        for (index, attack, *rest), points in lines.items():
+        for (_index, attack, *rest), points in lines.items():
             series = ", ".join(f"{_label(k)}={v}" for k, v in zip(axes.series, rest, strict=True))
-            ax.plot(*zip(*points, strict=True), marker="o", color=colours[(index, attack)],
+            ax.plot(*zip(*points, strict=True), marker="o", color=colours[attack],
                     linestyle=styles[series], label=f"{attack} {series}".strip())  # fmt: skip
         ax.axhline(SUCCESS_PSNR, color="grey", linestyle=":", linewidth=1)
         _set_xscale(ax, [r[x] for r in rows])
@@ -129,6 +134,7 @@ def _best_per_point(rows: list[dict[str, Any]], position: str) -> list[dict[str,
 def _frontier(rows: list[dict[str, Any]], axes: Axes, path: Path) -> None:
     x = axes.x or ""
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    labelled: list[tuple[float, float]] = []
     for position, marker in (("server", "o"), ("participant", "s")):
         best = [r for r in _best_per_point(rows, position) if _finite(r.get("test_accuracy"))]
         groups: dict[str, list[dict[str, Any]]] = {}
@@ -139,7 +145,11 @@ def _frontier(rows: list[dict[str, Any]], axes: Axes, path: Path) -> None:
             ax.plot([r["test_accuracy"] for r in group], [r["psnr"] for r in group],
                     marker=marker, label=f"{position} {series}".strip())  # fmt: skip
             for r in group:
-                ax.annotate(f"{r[x]:g}", (r["test_accuracy"], r["psnr"]), fontsize=6,
+                where = (r["test_accuracy"], r["psnr"] / 100)
+                if any(abs(where[0] - a) < 0.03 and abs(where[1] - b) < 0.04 for a, b in labelled):
+                    continue  # keep crowded corners readable: one label per spot
+                labelled.append(where)
+                ax.annotate(f"{r[x]:g}", (r["test_accuracy"], r["psnr"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.axhline(SUCCESS_PSNR, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("test accuracy after the last round (utility)")
