@@ -2,8 +2,10 @@
 
 An *attack* receives an :class:`Observation` — exactly what an attacker at a
 given position may see in one federated round — and returns a
-:class:`Reconstruction`. A *defence* transforms a client's upload before it
-leaves the client and reports what it measured. Plugins are registered through
+:class:`Reconstruction`. A *defence* declares the :data:`Stage` it acts at —
+a client's upload before it leaves the client, the client's training itself
+(DP-SGD), or the server's aggregate (central DP) — transforms what passes
+there and reports what it measured. Plugins are registered through
 Python entry points (groups ``fedsim.attacks`` and ``fedsim.defences``); each
 entry point names a subclass of :class:`Attack` or :class:`Defence`.
 
@@ -13,9 +15,8 @@ reconstruction after the attack has returned.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -50,6 +51,14 @@ from fedsim.attacks.labels import (
     idlg_label,
     labels_from_counts,
 )
+from fedsim.defences.accounting import GaussianAccountant
+from fedsim.defences.noise import (
+    add_gaussian_noise,
+    clip_update,
+    global_norm,
+    noise_ratio,
+    weighted_mean,
+)
 
 __all__ = [
     "DISTANCES",
@@ -66,19 +75,25 @@ __all__ = [
     "Defence",
     "DefenceParams",
     "Distance",
+    "GaussianAccountant",
     "Head",
     "Layer",
+    "LocalTraining",
     "MatchConfig",
     "MatchResult",
     "MatchingParams",
     "Observation",
     "Position",
     "Reconstruction",
+    "Stage",
     "Status",
+    "TrainingResult",
     "UnsupportedModel",
     "Update",
     "UpdateKind",
+    "add_gaussian_noise",
     "batch_label_counts",
+    "clip_update",
     "extract_chain",
     "find_head",
     "global_norm",
@@ -88,6 +103,7 @@ __all__ = [
     "labels_from_counts",
     "least_squares_step",
     "match_gradients",
+    "noise_ratio",
     "reconstruct_analytically",
     "reconstruct_by_matching",
     "recover_labels",
@@ -95,6 +111,7 @@ __all__ = [
     "solve_diagnostics",
     "spatial_major",
     "total_variation",
+    "weighted_mean",
 ]
 
 Position = Literal["server", "participant"]
@@ -106,6 +123,20 @@ UpdateKind = Literal["gradient", "delta"]
 ``delta``: θ_after − θ_before after local training (FedAvg)."""
 
 Status = Literal["ok", "failed", "unsupported"]
+
+Stage = Literal["upload", "training", "aggregate"]
+"""Where a defence acts, and so which attacker it can protect against:
+
+- ``upload``: on each client's update, on the client, before it leaves
+  (local DP, clipping, pruning, quantisation). Attackers at the server and
+  participants both see only defended uploads.
+- ``training``: inside the client's local training (DP-SGD): the update is
+  born defended; likewise seen by both positions.
+- ``aggregate``: on the server, where it combines the round's uploads
+  (central DP). An attacker at the server sees the raw uploads before this
+  stage, so it is not protected; a participant sees only the defended
+  aggregate.
+"""
 
 Update = dict[str, torch.Tensor]
 """A model update keyed by parameter name (``model.named_parameters()``)."""
@@ -238,34 +269,162 @@ class Attack(ABC):
         """Reconstruct the batch behind ``observation.update``."""
 
 
-class Defence(ABC):
-    """A defence plugin acting on a client's upload before it leaves the client.
+@dataclass(frozen=True)
+class LocalTraining:
+    """One client's local training, handed to a ``training``-stage defence.
 
     Attributes:
-        formal_guarantee: whether the defence alone gives a differential-privacy
-            guarantee (plain noise without clipping does not).
+        model: the global model (parameters as received), in train mode; the
+            defence trains it in place or a copy of it.
+        images: ``(N, C, H, W)`` float in [0, 1]: the client's whole shard.
+        labels: ``(N,)`` int64.
+        protocol: ``fedsgd`` (upload one gradient of one batch) or ``fedavg``
+            (upload the weight delta after ``epochs`` local epochs).
+        batch_size: the scenario's (expected) batch size.
+        lr: the local learning rate (SGD; FedSGD's is applied by the server).
+        epochs: local epochs (FedAvg).
+        generator: the only source of randomness allowed (sampling and noise).
+    """
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    protocol: Literal["fedsgd", "fedavg"]
+    batch_size: int
+    lr: float
+    epochs: int
+    generator: torch.Generator
+
+
+@dataclass
+class TrainingResult:
+    """What a ``training``-stage defence returns.
+
+    Attributes:
+        update: the upload by parameter name: the gradient (FedSGD) or the
+            weight delta θ_after − θ_before (FedAvg).
+        loss: mean training loss over the local steps.
+        steps: optimiser steps taken (1 for FedSGD).
+        batch: the samples behind the update (images, labels): the batch for
+            FedSGD, the shard for FedAvg. Used only to score attacks.
+        num_examples: the client's weight in FedAvg's mean (e.g. the expected
+            batch size of a Poisson-sampled FedSGD batch, the shard size for FedAvg).
+        measurements: as for :meth:`Defence.apply`.
+    """
+
+    update: Update
+    loss: float
+    steps: int
+    batch: tuple[torch.Tensor, torch.Tensor]
+    num_examples: int
+    measurements: dict[str, float] = field(default_factory=dict)
+
+
+class Defence:
+    """A defence plugin. It declares where it acts and implements the hook of that stage.
+
+    Attributes:
+        stages: the :data:`Stage` values the defence can act at (shown by
+            ``fedsim plugins``). :attr:`stage` is where *this instance* acts:
+            ``stages[0]`` unless the plugin lets a parameter choose (it then
+            overrides the property).
+        formal_guarantee: whether the defence gives a differential-privacy
+            guarantee, i.e. clips, adds calibrated noise *and* accounts for it
+            (plain noise without clipping does not; pruning and quantisation
+            do not).
+
+    The hook of each stage (the others keep their default, which raises):
+
+    - ``upload``: :meth:`apply`; ``training``: :meth:`train`;
+      ``aggregate``: :meth:`aggregate`.
+
+    Measurements are plain floats keyed by name. fedsim reads these keys
+    where present: ``noise_std`` (configured std of the noise per coordinate,
+    in the units of what it was added to), ``measured_noise_std`` (sample std
+    of the noise actually drawn), ``noise_to_update_norm`` (L2 norm of the
+    noise over that of what it was added to), ``epsilon`` and ``delta`` (the
+    privacy spent so far, for defences with an accountant).
+
+    A defence that accumulates across rounds (an accountant) returns its
+    state from :meth:`state_dict` (JSON-serialisable). fedsim keeps a client
+    defence's state per client in Flower's ``Context.state`` and hands it back
+    through :meth:`load_state_dict` the next time that client trains; a
+    server defence lives for the whole federation.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
     formal_guarantee: ClassVar[bool] = False
+    stages: ClassVar[tuple[Stage, ...]] = ("upload",)
     Params: ClassVar[type[DefenceParams]] = DefenceParams
 
     def __init__(self, params: DefenceParams) -> None:
         self.params = params
 
-    @abstractmethod
+    @property
+    def stage(self) -> Stage:
+        """Where this instance acts."""
+        return self.stages[0]
+
+    def supports(self, model: nn.Module) -> str | None:
+        """``None`` if the defence can act on ``model``, else the reason it cannot."""
+        return None
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The model every process of the federation uses (default: ``model`` unchanged).
+
+        A defence may replace layers it cannot work with (e.g. Opacus's
+        ``ModuleValidator.fix``) when the user opts in; the server, the
+        clients and the attackers then all use the prepared model.
+        """
+        return model
+
     def apply(self, update: Update, generator: torch.Generator) -> tuple[Update, dict[str, float]]:
-        """Return the defended update and measurements (e.g. ``noise_std``).
+        """``upload`` stage: return the defended upload and measurements.
 
         ``update`` must not be modified in place. ``generator`` is the only source
         of randomness allowed, so that runs are reproducible.
         """
+        raise NotImplementedError(f"defence {self.name!r} does not act on uploads")
+
+    def train(self, task: LocalTraining) -> TrainingResult:
+        """``training`` stage: run the client's local training and return its upload."""
+        raise NotImplementedError(f"defence {self.name!r} does not train")
+
+    def aggregate(
+        self,
+        updates: Sequence[Mapping[str, torch.Tensor]],
+        weights: Sequence[float],
+        generator: torch.Generator,
+    ) -> tuple[Update, dict[str, float]]:
+        """``aggregate`` stage: combine the round's uploads into the defended aggregate.
+
+        ``weights`` are the clients' example counts (FedAvg's weights; a DP
+        aggregate may average uniformly instead, and must say so). The result
+        replaces FedAvg's weighted mean: the server applies it to the model and
+        a participant observes it.
+        """
+        raise NotImplementedError(f"defence {self.name!r} does not aggregate")
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to keep across rounds (JSON-serialisable); empty by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned in an earlier round."""
 
 
-def global_norm(update: Mapping[str, torch.Tensor]) -> float:
-    """L2 norm of all tensors of ``update`` taken together."""
-    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
+STAGE_HOOKS: dict[str, str] = {"upload": "apply", "training": "train", "aggregate": "aggregate"}
+"""The :class:`Defence` method each stage calls."""
+
+
+def missing_hooks(cls: type[Defence]) -> list[str]:
+    """The hooks ``cls`` must implement for its declared stages but does not."""
+    return [
+        STAGE_HOOKS[stage]
+        for stage in cls.stages
+        if getattr(cls, STAGE_HOOKS[stage]) is getattr(Defence, STAGE_HOOKS[stage])
+    ]
 
 
 def recover_labels(observation: Observation) -> torch.Tensor:

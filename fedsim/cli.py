@@ -12,6 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+WIDE = 200
+"""Console width when the output is not a terminal (rich would assume 80 columns)."""
+STAGE_NAMES = {
+    "upload": "the client's upload",
+    "training": "the client's training",
+    "aggregate": "the server's aggregate",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +38,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a key, e.g. federation.rounds=2 or 'defences[0].sigma=[0, 0.1]'",
     )
-    run.add_argument("--out", type=Path, help="run directory to create (must not exist)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="run directory to create (must not exist)")
+    where.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="finish an interrupted run in RUN_DIR: completed sweep points are not run again "
+        "(the scenario and --set overrides must give the same points)",
+    )
     sub.add_parser("plugins", help="list installed attacks and defences with their parameters")
     audit = sub.add_parser("audit", help="c(M) architecture audit of a scenario's model(s)")
     audit.add_argument("scenario", type=Path, help="scenario TOML file")
@@ -78,7 +93,10 @@ def _plugins(console: Console) -> int:
             )
             summary = cls.summary
             if kind == "defences":
-                summary += "\nformal guarantee: " + ("yes" if cls.formal_guarantee else "no")
+                summary += "\nacts at: " + " or ".join(STAGE_NAMES[s] for s in cls.stages)
+                summary += "\nformal guarantee: " + (
+                    "yes (clipping + noise + accountant)" if cls.formal_guarantee else "no"
+                )
             table.add_row(name, summary, params or "-")
         console.print(table)
     for where, error in found.broken.items():
@@ -89,6 +107,8 @@ def _plugins(console: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # a log file: keep the tables' rows on one line each
+        console = Console(width=max(console.width, WIDE))
     if args.command == "plugins":
         return _plugins(console)
     if args.command == "audit":
@@ -98,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedsim.scenario import ScenarioError
 
     try:
-        run_dir, status = run_scenario(args.scenario, args.overrides, args.out, console)
+        run_dir, status = run_scenario(
+            args.scenario, args.overrides, args.out, console, resume=args.resume
+        )
     except (ScenarioError, RunError) as exc:
         print(f"fedsim: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,11 +11,13 @@ used in scenario files. fedsim's built-ins register the same way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
+from typing import Any
 
-from fedsim.api import Attack, Defence
+from fedsim.api import STAGE_HOOKS, Attack, Defence, missing_hooks
 
 ATTACK_GROUP = "fedsim.attacks"
 DEFENCE_GROUP = "fedsim.defences"
@@ -41,8 +43,22 @@ def _load(group: str, base: type, broken: dict[str, str]) -> dict[str, type]:
         if not (isinstance(obj, type) and issubclass(obj, base)):
             broken[f"{group}:{ep.name}"] = f"{ep.value} is not a subclass of {base.__name__}"
             continue
+        if base is Defence and (problem := _defence_problem(obj)):
+            broken[f"{group}:{ep.name}"] = f"{ep.value}: {problem}"
+            continue
         found[ep.name] = obj
     return found
+
+
+def _defence_problem(cls: type[Defence]) -> str | None:
+    """Why a defence class cannot be used, or ``None``."""
+    unknown = [s for s in cls.stages if s not in STAGE_HOOKS]
+    if not cls.stages or unknown:
+        return f"stages must be among {sorted(STAGE_HOOKS)}, got {list(cls.stages)}"
+    missing = missing_hooks(cls)
+    if missing:
+        return f"declares stages {list(cls.stages)} but does not implement {', '.join(missing)}()"
+    return None
 
 
 @cache
@@ -52,3 +68,9 @@ def discover() -> Plugins:
     attacks = _load(ATTACK_GROUP, Attack, broken)
     defences = _load(DEFENCE_GROUP, Defence, broken)
     return Plugins(attacks, defences, broken)
+
+
+def instantiate_defence(name: str, params: Mapping[str, Any]) -> Defence:
+    """A defence plugin ``name`` built with ``params`` (validated by its ``Params``)."""
+    cls = discover().defences[name]
+    return cls(cls.Params(**params))

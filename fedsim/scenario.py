@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from fedsim.models.zoo import ACTIVATIONS, CNN3_PRESETS
-from fedsim.registry import discover
+from fedsim.registry import discover, instantiate_defence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -362,10 +362,32 @@ def _validate_point(raw: dict[str, Any], source: str) -> Scenario:
                 raise _from_pydantic(exc, source, (kind, i)) from None
             resolved.append({**head, "params": checked.model_dump(mode="json")})
         data[kind] = resolved
+    _check_defence_stages(data["defences"], source)
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         raise _from_pydantic(exc, source, ()) from None
+
+
+REPLACING_STAGES = ("training", "aggregate")
+"""Stages whose defence replaces a step (local training, FedAvg's mean): one defence each."""
+
+
+def _check_defence_stages(defences: list[dict[str, Any]], source: str) -> None:
+    """Reject two defences that would both replace local training, or both the aggregation."""
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(defences):
+        stage = instantiate_defence(entry["name"], entry["params"]).stage
+        if stage not in REPLACING_STAGES:
+            continue
+        if stage in seen:
+            raise ScenarioError(
+                source,
+                ("defences", i),
+                f"only one defence may act at stage {stage!r}; defences[{seen[stage]}] "
+                "already does",
+            )
+        seen[stage] = i
 
 
 def _from_pydantic(exc: ValidationError, source: str, prefix: KeyPath) -> ScenarioError:

@@ -1,15 +1,29 @@
-"""Gaussian noise on the upload, added on the client before it leaves.
+"""Gaussian noise on the upload (on the client) or on the aggregate (on the server).
 
 Without clipping this gives no formal differential-privacy guarantee; it is the
-noise defence of the DLG and COPA papers' experiments.
+noise defence of the DLG and COPA papers' experiments. ``placement`` chooses
+where it acts: ``client`` adds the noise to each upload before it leaves the
+client; ``server`` adds it to the aggregate (FedAvg's weighted mean), which a
+participant sees but an attacker at the server does not (it sees raw uploads).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
 import torch
 from pydantic import Field
 
-from fedsim.api import Defence, DefenceParams, Update, global_norm
+from fedsim.api import (
+    Defence,
+    DefenceParams,
+    Stage,
+    Update,
+    add_gaussian_noise,
+    global_norm,
+    weighted_mean,
+)
 
 
 class GaussianNoiseParams(DefenceParams):
@@ -17,32 +31,35 @@ class GaussianNoiseParams(DefenceParams):
     relative: bool = Field(
         False, description="if true, the std is sigma × the update's global L2 norm"
     )
+    placement: Literal["client", "server"] = Field(
+        "client", description="client: on each upload; server: on the round's aggregate"
+    )
 
 
 class GaussianNoise(Defence):
     name = "gaussian_noise"
-    summary = "Adds N(0, sigma²) to every coordinate of the upload (no clipping, no guarantee)."
+    summary = (
+        "Adds N(0, sigma²) to every coordinate of the upload or of the aggregate "
+        "(no clipping, no guarantee)."
+    )
     formal_guarantee = False
+    stages = ("upload", "aggregate")
     Params = GaussianNoiseParams
+
+    @property
+    def stage(self) -> Stage:
+        p: GaussianNoiseParams = self.params  # type: ignore[assignment]
+        return "upload" if p.placement == "client" else "aggregate"
 
     def apply(self, update: Update, generator: torch.Generator) -> tuple[Update, dict[str, float]]:
         p: GaussianNoiseParams = self.params  # type: ignore[assignment]
-        norm = global_norm(update)
-        std = p.sigma * norm if p.relative else p.sigma
-        noisy: Update = {}
-        total, sq, count = 0.0, 0.0, 0
-        for name, value in update.items():
-            noise = torch.randn(value.shape, generator=generator, dtype=value.dtype) * std
-            noisy[name] = value + noise.to(value.device)
-            total += float(noise.sum())
-            sq += float(noise.double().pow(2).sum())
-            count += noise.numel()
-        mean = total / count
-        measured = max(sq / count - mean * mean, 0.0) ** 0.5
-        noise_norm = sq**0.5
-        return noisy, {
-            "noise_std": std,
-            "measured_noise_std": measured,
-            "update_norm": norm,
-            "noise_to_update_norm": noise_norm / norm if norm > 0 else float("inf"),
-        }
+        std = p.sigma * global_norm(update) if p.relative else p.sigma
+        return add_gaussian_noise(update, std, generator)
+
+    def aggregate(
+        self,
+        updates: Sequence[Mapping[str, torch.Tensor]],
+        weights: Sequence[float],
+        generator: torch.Generator,
+    ) -> tuple[Update, dict[str, float]]:
+        return self.apply(weighted_mean(updates, weights), generator)

@@ -3,7 +3,9 @@
 For every configured attack it builds the :class:`~fedsim.api.Observation` its
 position allows (``server``: each client's upload; ``participant``: the round's
 aggregate), runs the plugin, scores the result against the ground truth that
-travelled separately, saves PNGs and appends a :class:`Record`.
+travelled separately, saves PNGs and appends a :class:`Record`. It also stores
+the round's defence measurements (what the clients and the server's aggregate
+defence reported: noise, ε) for the sweep results.
 """
 
 from __future__ import annotations
@@ -44,8 +46,17 @@ class ClientUpload:
 Progress = Callable[[str], None]
 
 
+def defence_measurements(metrics: dict[str, float]) -> dict[str, float]:
+    """The ``defence<i>.<key>`` entries of a client's reply metrics."""
+    return {k: v for k, v in metrics.items() if k.startswith("defence")}
+
+
 def run_attack(attack: Attack, observation: Observation) -> Reconstruction:
     """Run ``attack``, turning exceptions and non-finite output into failure records."""
+    if observation.batch_size == 0:
+        return Reconstruction.unsupported(
+            "the upload carries no samples (an empty Poisson-sampled batch): it is noise only"
+        )
     try:
         reason = attack.supports(observation.model())
         if reason:
@@ -123,14 +134,27 @@ class AttackTap:
         ]
 
     def on_round(
-        self, server_round: int, start: Update, uploads: list[ClientUpload], aggregate: Update
+        self,
+        server_round: int,
+        start: Update,
+        uploads: list[ClientUpload],
+        aggregate: Update,
+        aggregate_measurements: dict[str, float] | None = None,
     ) -> None:
-        """Attack this round's uploads; ``start`` are the parameters clients started from."""
+        """Attack this round's uploads; ``start`` are the parameters clients started from,
+        ``aggregate_measurements`` what the server's aggregate defence reported."""
+        aggregate_measurements = aggregate_measurements or {}
+        self.store.add_round_defences(
+            self.trial.index,
+            server_round,
+            {u.client: defence_measurements(u.metrics) for u in uploads},
+            aggregate_measurements,
+        )
         for index, config, attack in self.attacks:
             if config.rounds is not None and server_round not in config.rounds:
                 continue
             for observation, truth, measured in self._observations(
-                index, config, server_round, start, uploads, aggregate
+                index, config, server_round, start, uploads, aggregate, aggregate_measurements
             ):
                 who = (
                     "aggregate"
@@ -160,6 +184,7 @@ class AttackTap:
         start: Update,
         uploads: list[ClientUpload],
         aggregate: Update,
+        aggregate_measurements: dict[str, float],
     ) -> list[tuple[Observation, tuple[torch.Tensor, torch.Tensor] | None, dict[str, float]]]:
         fed = self.trial.scenario.federation
         kind = "gradient" if fed.protocol == "fedsgd" else "delta"
@@ -207,7 +232,7 @@ class AttackTap:
             labels=truth[1] if config.knows_labels and truth else None,
             seed=derive_seed(self.trial.scenario.seed, "attack", index, server_round, "aggregate"),
         )
-        return [(observation, truth, {})]
+        return [(observation, truth, aggregate_measurements)]
 
     def _record(
         self,
@@ -231,7 +256,7 @@ class AttackTap:
             status=result.status,
             reason=result.reason,
             diagnostics=result.diagnostics,
-            defence_measurements={k: v for k, v in measured.items() if k.startswith("defence")},
+            defence_measurements=defence_measurements(measured),
             attack_seconds=seconds,
         )
         if result.status != "ok" or truth is None:

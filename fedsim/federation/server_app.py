@@ -3,7 +3,8 @@
 The strategy subclasses Flower's ``FedAvg`` and overrides two steps:
 ``configure_train`` (sample ``clients_per_round`` clients with a seeded RNG
 and remember the parameters they start from) and ``aggregate_train`` (split
-ground truth off every reply, average the uploads, apply them, and hand the
+ground truth off every reply, average the uploads — or let the scenario's
+``aggregate``-stage defence combine them — apply the result, and hand the
 round to the :class:`~fedsim.federation.observer.AttackTap`).
 """
 
@@ -28,20 +29,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.api import Update
+from fedsim.federation.defences import ServerAggregation
 from fedsim.federation.observer import AttackTap, ClientUpload
 from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
 from fedsim.scenario import Scenario
 
 RoundHook = Callable[[int, float], None]
 """Called after each round's central evaluation with (round, test accuracy)."""
-
-
-def weighted_mean(updates: list[Update], weights: list[float]) -> Update:
-    total = sum(weights)
-    return {
-        name: sum(u[name] * (w / total) for u, w in zip(updates, weights, strict=True))  # type: ignore[misc]
-        for name in updates[0]
-    }
 
 
 def partition_nodes(grid: Grid, num_clients: int, timeout: float = 600.0) -> dict[int, int]:
@@ -84,6 +78,7 @@ class AttackedFedAvg(FedAvg):
             min_available_nodes=fed.num_clients,
         )
         self.scenario, self.tap, self.failures = scenario, tap, failures
+        self.aggregation = ServerAggregation(scenario)
         self._start: Update = {}
         self._nodes: dict[int, int] = {}
 
@@ -112,13 +107,15 @@ class AttackedFedAvg(FedAvg):
         uploads = [_upload(m) for m in replies if not m.has_error()]
         if not uploads:
             return None, None
-        aggregate = weighted_mean([u.update for u in uploads], [u.num_examples for u in uploads])
+        aggregate, aggregate_measurements = self.aggregation(
+            server_round, [u.update for u in uploads], [u.num_examples for u in uploads]
+        )
         fed = self.scenario.federation
         step = -fed.lr if fed.protocol == "fedsgd" else 1.0
         new_state = {
             k: v + step * aggregate[k] if k in aggregate else v for k, v in self._start.items()
         }
-        self.tap.on_round(server_round, self._start, uploads, aggregate)
+        self.tap.on_round(server_round, self._start, uploads, aggregate, aggregate_measurements)
         loss = sum(u.metrics["train-loss"] * u.num_examples for u in uploads) / sum(
             u.num_examples for u in uploads
         )

@@ -26,7 +26,8 @@ from fedsim.data.datasets import (
 )
 from fedsim.data.partition import partition_indices, train_test_split
 from fedsim.models.zoo import build_model
-from fedsim.scenario import DataConfig, ModelConfig, Scenario
+from fedsim.registry import instantiate_defence
+from fedsim.scenario import DataConfig, DefenceConfig, ModelConfig, Scenario
 
 
 def derive_seed(*parts: object) -> int:
@@ -110,14 +111,22 @@ def federated_data(scenario: Scenario) -> FederatedData:
 
 @dataclass(frozen=True)
 class ModelFactory:
-    """Builds the scenario's model with its seeded initial parameters (picklable)."""
+    """Builds the scenario's model with its seeded initial parameters (picklable),
+    as every defence's ``prepare_model`` leaves it (e.g. Opacus's fix, when asked)."""
 
     config: ModelConfig
     input_shape: tuple[int, int, int]
     num_classes: int
     seed: int
+    defences: tuple[DefenceConfig, ...] = ()
 
     def __call__(self) -> nn.Module:
+        model = self._build()
+        for config in self.defences:
+            model = instantiate_defence(config.name, config.params).prepare_model(model)
+        return model
+
+    def _build(self) -> nn.Module:
         return build_model(
             self.config.name,
             input_shape=self.input_shape,
@@ -133,7 +142,9 @@ class ModelFactory:
 
 
 def model_factory(scenario: Scenario, data: FederatedData) -> ModelFactory:
-    return ModelFactory(scenario.model, data.input_shape, data.num_classes, scenario.seed)
+    return ModelFactory(
+        scenario.model, data.input_shape, data.num_classes, scenario.seed, tuple(scenario.defences)
+    )
 
 
 def resolve_device(name: str) -> torch.device:

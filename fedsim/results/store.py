@@ -2,8 +2,10 @@
 
 ``results.json`` always parses, whatever moment a run is interrupted at; it
 holds the run's status, one entry per trial (sweep point) with the model's
-test accuracy per round, and one :class:`Record` per attack on one upload.
-``metrics.csv`` is the records flattened, one row per record.
+test accuracy and the defences' measurements per round, and one
+:class:`Record` per attack on one upload. ``metrics.csv`` is the records
+flattened, one row per record. A run stopped half-way is reopened with
+:meth:`ResultsStore.resume`, which keeps the trials that completed.
 """
 
 from __future__ import annotations
@@ -73,8 +75,42 @@ class Record:
     attack_seconds: float = 0.0
 
 
+WORST_CASE_KEYS = ("epsilon", "delta")
+"""Measurement names summarised over a round's clients by their maximum, not their mean."""
+
+
+def client_summary(clients: dict[int, dict[str, float]]) -> dict[str, float]:
+    """Per measurement key, the mean over clients (the max for :data:`WORST_CASE_KEYS`)."""
+    keys = sorted({k for measured in clients.values() for k in measured})
+    summary = {}
+    for key in keys:
+        values = [m[key] for m in clients.values() if key in m]
+        worst = key.rsplit(".", 1)[-1] in WORST_CASE_KEYS
+        summary[key] = max(values) if worst else sum(values) / len(values)
+    return summary
+
+
+def store_completed(data: dict[str, Any]) -> set[int]:
+    """Indices of the completed trials in a results dict."""
+    return {t["index"] for t in data["trials"] if t["status"] == "complete"}
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _from_json_safe(value: Any) -> Any:
+    """Undo :func:`_json_safe`: the strings ``inf``, ``-inf`` and ``nan`` become floats."""
+    if isinstance(value, str) and value in NON_FINITE:
+        return NON_FINITE[value]
+    if isinstance(value, dict):
+        return {k: _from_json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json_safe(v) for v in value]
+    return value
 
 
 def _json_safe(value: Any) -> Any:
@@ -112,6 +148,32 @@ class ResultsStore:
         }
         self.save()
 
+    @classmethod
+    def resume(cls, run_dir: Path) -> ResultsStore:
+        """Reopen the results of an interrupted run in ``run_dir`` to finish it.
+
+        Trials that completed are kept with their records; the others (running,
+        interrupted or failed) are dropped with their records, to be run again.
+        """
+        store = cls.__new__(cls)
+        store.run_dir = run_dir
+        store._lock = threading.Lock()
+        data = _from_json_safe(json.loads((run_dir / "results.json").read_text(encoding="utf-8")))
+        done = store_completed(data)
+        data["trials"] = [t for t in data["trials"] if t["index"] in done]
+        data["records"] = [r for r in data["records"] if r["trial"] in done]
+        data.update(status="running", finished=None)
+        data.setdefault("resumed", []).append(_now())
+        store.data = data
+        store.save()
+        return store
+
+    @property
+    def completed(self) -> set[int]:
+        """Indices of the trials that completed."""
+        with self._lock:
+            return store_completed(self.data)
+
     def _trial(self, index: int) -> dict[str, Any]:
         return next(t for t in self.data["trials"] if t["index"] == index)
 
@@ -124,15 +186,40 @@ class ResultsStore:
                     "status": "running",
                     "error": "",
                     "accuracy": {},
+                    "defences": {},
                     "client_failures": [],
                     "started": _now(),
                 }
             )
+            self.data["trials"].sort(key=lambda t: t["index"])
             self._save()
 
     def set_accuracy(self, index: int, server_round: int, accuracy: float) -> None:
         with self._lock:
             self._trial(index)["accuracy"][str(server_round)] = accuracy
+            self._save()
+
+    def add_round_defences(
+        self,
+        index: int,
+        server_round: int,
+        clients: dict[int, dict[str, float]],
+        aggregate: dict[str, float],
+    ) -> None:
+        """Keep one round's defence measurements (keys ``defence<i>.<name>``).
+
+        ``clients`` are the round's clients' measurements: the store keeps, per
+        key, their mean (their maximum for ``epsilon`` and ``delta``, the worst
+        case). ``aggregate`` is what the server's aggregate defence reported.
+        """
+        summary = client_summary(clients)
+        if not summary and not aggregate:
+            return
+        with self._lock:
+            self._trial(index)["defences"][str(server_round)] = {
+                "clients": summary,
+                "aggregate": aggregate,
+            }
             self._save()
 
     def add_client_failures(self, index: int, server_round: int, errors: list[str]) -> None:
@@ -160,6 +247,12 @@ class ResultsStore:
             if self.data["status"] != "running":
                 return
             self.data["records"].append(asdict(record))
+            self._save()
+
+    def set_plots(self, plots: list[dict[str, str]]) -> None:
+        """List the run's PNGs as ``{"path", "title"}`` (paths relative to the run directory)."""
+        with self._lock:
+            self.data["plots"] = plots
             self._save()
 
     def close(self, status: str) -> None:

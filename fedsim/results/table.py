@@ -1,4 +1,5 @@
-"""The summary table: one row per (sweep point, attack), from the stored records."""
+"""The summary tables: one row per (sweep point, attack), and one per sweep point
+(accuracy, ε, noise), from the stored results."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 import numpy as np
 from rich.table import Table
+
+from fedsim.results.points import point_summary, view_epsilon
 
 COLUMNS = {
     "point": "sweep point",
@@ -23,6 +26,20 @@ COLUMNS = {
     "steps": "steps",
     "seconds": "s",
     "test_accuracy": "test acc",
+    "epsilon": "ε",
+}
+
+POINT_COLUMNS = {
+    "point": "sweep point",
+    "status": "status",
+    "test_accuracy": "test acc",
+    "epsilon_client": "ε client",
+    "epsilon_server": "ε server",
+    "delta": "δ",
+    "client_noise_std": "noise std client",
+    "client_noise_ratio": "client noise/‖u‖",
+    "server_noise_std": "noise std server",
+    "server_noise_ratio": "server noise/‖u‖",
 }
 OPTIONAL_COLUMNS = {"rel_perceptual_l1": ("ssim", "rel-perc-L1")}
 """Columns shown only when some row has a value: key → (column it follows, header)."""
@@ -45,12 +62,12 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
     image reached :data:`fedsim.metrics.SUCCESS_PSNR`; ``mse_std`` is the standard
     deviation of the records' MSE; ``steps`` and ``seconds`` are the attack's
     optimiser steps and wall time averaged over its *successful* records.
-    ``test_accuracy`` is the global model's accuracy after the trial's last round.
+    ``test_accuracy`` is the global model's accuracy after the trial's last round;
+    ``epsilon`` the ε that covers this attacker's view (:func:`view_epsilon`).
     """
     rows = []
     for trial in results["trials"]:
-        accuracy = trial["accuracy"]
-        final = accuracy[max(accuracy, key=int)] if accuracy else None
+        point = point_summary(trial)
         records = [r for r in results["records"] if r["trial"] == trial["index"]]
         for index in sorted({r["attack_index"] for r in records}):
             mine = [r for r in records if r["attack_index"] == index]
@@ -61,6 +78,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "trial": trial["index"],
                     "point": short_point(trial["point"]),
                     "attack": mine[0]["attack"],
+                    "attack_index": index,
                     "position": mine[0]["position"],
                     "ok": f"{len(ok)}/{len(mine)}",
                     "success": _mean([(r["metrics"] or {}).get("success", 0.0) for r in mine]),
@@ -72,11 +90,21 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "mse_std": _std([r["metrics"]["mse"] for r in ok]),
                     "steps": _mean([r["diagnostics"].get("iterations") for r in won]),
                     "seconds": _mean([r["attack_seconds"] for r in won]),
-                    "test_accuracy": final,
+                    "test_accuracy": point["test_accuracy"],
+                    "epsilon": view_epsilon(point, mine[0]["position"]),
                     "reasons": sorted({r["reason"] for r in mine if r["reason"]}),
                 }
             )
     return rows
+
+
+def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per trial: its status and :func:`point_summary`."""
+    return [
+        {"trial": t["index"], "point": short_point(t["point"]), "status": t["status"],
+         **point_summary(t)}
+        for t in results["trials"]
+    ]  # fmt: skip
 
 
 def short_point(point: dict[str, Any]) -> str:
@@ -90,8 +118,10 @@ def _fmt(value: Any, column: str) -> str:
     if isinstance(value, float):
         if math.isinf(value):
             return "∞"
-        if column in ("mse", "mse_std"):
+        if column in ("mse", "mse_std", "delta") or "noise_std" in column:
             return f"{value:.1e}"
+        if column.startswith("epsilon") or column.endswith("noise_ratio"):
+            return f"{value:.3g}"
         return (
             f"{value:.1f}" if column in ("psnr", "psnr_255", "steps", "seconds") else f"{value:.3f}"
         )
@@ -109,11 +139,14 @@ def columns(rows: list[dict[str, Any]]) -> dict[str, str]:
     return shown
 
 
-def rich_table(rows: list[dict[str, Any]], title: str) -> Table:
+def rich_table(
+    rows: list[dict[str, Any]], title: str, shown: dict[str, str] | None = None
+) -> Table:
+    """``rows`` as a table of ``shown`` (key → header); default: the attack summary's columns."""
     table = Table(title=title)
-    shown = columns(rows)
+    shown = columns(rows) if shown is None else shown
     for column, header in shown.items():
-        left = column in ("point", "attack", "position")
+        left = column in ("point", "attack", "position", "status")
         table.add_column(header, justify="left" if left else "right", overflow="fold")
     for row in rows:
         table.add_row(*(_fmt(row[c], c) for c in shown))

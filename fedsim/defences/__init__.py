@@ -1,0 +1,1 @@
+"""Building blocks shared by defence plugins: clipping, Gaussian noise, averaging, accounting."""

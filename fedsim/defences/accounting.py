@@ -1,0 +1,69 @@
+"""ε of repeated Gaussian releases, by Flower's RDP accountant.
+
+:class:`GaussianAccountant` wraps ``flwr.serverapp.RdpAccountant`` (Google's
+``dp-accounting`` underneath, Flower's ``[dp]`` extra) for the releases a
+clip-and-noise defence makes: one Gaussian mechanism per round, composed
+without amplification by sampling (the only model Flower's fixed-clipping
+accounting supports, and the conservative one). Its state is JSON-serialisable
+so that a client can keep it between rounds in Flower's ``Context.state``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from flwr.serverapp import (
+    GaussianPrivacyEvent,
+    NeighboringRelation,
+    PrivacyConfig,
+    RdpAccountant,
+    SamplingMethod,
+)
+
+
+class GaussianAccountant:
+    """Composes Gaussian releases and reports the ε spent at ``delta``.
+
+    A release with noise multiplier ``z`` is a Gaussian mechanism whose noise
+    std is ``z`` times the L2 sensitivity of what is released. A release with
+    ``z = 0`` (no noise) makes ε infinite from then on.
+    """
+
+    def __init__(self, delta: float) -> None:
+        self.delta = delta
+        self._config = PrivacyConfig(
+            target_delta=delta,
+            population_size=1,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        )
+        self._rdp = RdpAccountant(self._config)
+        self._noiseless = 0
+
+    @property
+    def releases(self) -> int:
+        """Number of releases composed so far (noiseless ones included)."""
+        return self._rdp.num_releases + self._noiseless
+
+    def release(self, noise_multiplier: float) -> None:
+        """Compose one Gaussian release with this noise multiplier (≥ 0)."""
+        if noise_multiplier <= 0:
+            self._noiseless += 1
+            return
+        self._rdp.compose(GaussianPrivacyEvent(noise_multiplier, 1, 1))
+
+    def epsilon(self) -> float:
+        """ε spent so far at :attr:`delta` (0 before any release, ``inf`` after a noiseless one)."""
+        if self._noiseless:
+            return math.inf
+        if self._rdp.num_releases == 0:
+            return 0.0
+        return self._rdp.get_epsilon(self.delta)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rdp": self._rdp.state_dict(), "noiseless": self._noiseless}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rdp.load_state_dict(state["rdp"])
+        self._noiseless = int(state["noiseless"])

@@ -1,0 +1,97 @@
+"""Clipping, Gaussian noise and averaging of model updates, with honest measurements.
+
+Norms and clipping are Flower's own (``flwr.supercore.differential_privacy``,
+the functions behind its DP mods and strategies). The noise is *not* drawn
+with Flower's ``add_gaussian_noise_inplace``: that draws from NumPy's global
+random state, whereas fedsim draws from a caller's seeded ``torch.Generator``
+so that every sweep point is reproducible and each client draws its own stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
+
+Update = dict[str, torch.Tensor]
+
+
+def global_norm(update: Mapping[str, torch.Tensor]) -> float:
+    """L2 norm of all tensors of ``update`` taken together (computed in float64)."""
+    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
+
+
+def clip_update(update: Mapping[str, torch.Tensor], clip_norm: float) -> tuple[Update, float]:
+    """Scale ``update`` so that its global L2 norm is at most ``clip_norm``.
+
+    Flower's flat clipping (``clip_inputs_inplace``: factor ``min(1, C / norm)``)
+    runs in float64; the result is cast back to each tensor's dtype rounding
+    *towards zero*, so no coordinate grows and the norm never exceeds ``C``
+    through rounding. Returns the clipped update (a new dict; the input is not
+    modified) and the norm before clipping.
+    """
+    names = list(update)
+    arrays = [update[n].detach().cpu().double().numpy().copy() for n in names]
+    norm = get_norm(arrays)
+    if norm > clip_norm:
+        clip_inputs_inplace(arrays, clip_norm)
+    clipped: Update = {}
+    for name, exact in zip(names, arrays, strict=True):
+        original = update[name]
+        target = torch.from_numpy(exact)
+        cast = target.to(original.dtype)
+        grew = cast.double().abs() > target.abs()
+        cast = torch.where(grew, torch.nextafter(cast, torch.zeros_like(cast)), cast)
+        clipped[name] = cast.to(original.device)
+    return clipped, norm
+
+
+def add_gaussian_noise(
+    update: Mapping[str, torch.Tensor], std: float, generator: torch.Generator
+) -> tuple[Update, dict[str, float]]:
+    """Add i.i.d. ``N(0, std²)`` to every coordinate of ``update`` (not modified in place).
+
+    Returns the noisy update and measurements of the noise actually drawn:
+    ``noise_std`` (the requested std), ``measured_noise_std`` (the sample std
+    of all drawn values), ``update_norm`` (L2 norm of ``update``) and
+    ``noise_to_update_norm`` (L2 norm of the noise over that of ``update``;
+    ``inf`` for a zero update with noise).
+    """
+    noisy: Update = {}
+    total, squares, count = 0.0, 0.0, 0
+    for name, value in update.items():
+        noise = torch.randn(value.shape, generator=generator, dtype=value.dtype) * std
+        noisy[name] = value + noise.to(value.device)
+        total += float(noise.double().sum())
+        squares += float(noise.double().pow(2).sum())
+        count += noise.numel()
+    mean = total / max(count, 1)
+    norm = global_norm(update)
+    noise_norm = math.sqrt(squares)
+    return noisy, {
+        "noise_std": std,
+        "measured_noise_std": math.sqrt(max(squares / max(count, 1) - mean * mean, 0.0)),
+        "update_norm": norm,
+        "noise_to_update_norm": noise_ratio(noise_norm, norm),
+    }
+
+
+def noise_ratio(noise_norm: float, update_norm: float) -> float:
+    """``noise_norm / update_norm``; 0 without noise, ``inf`` for noise on a zero update."""
+    if noise_norm == 0:
+        return 0.0
+    return noise_norm / update_norm if update_norm > 0 else math.inf
+
+
+def weighted_mean(
+    updates: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> Update:
+    """``Σ w_i u_i / Σ w_i`` per parameter (FedAvg's aggregation)."""
+    total = float(np.sum(weights))
+    return {
+        name: sum(u[name] * (w / total) for u, w in zip(updates, weights, strict=True))  # type: ignore[misc]
+        for name in updates[0]
+    }

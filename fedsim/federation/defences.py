@@ -1,0 +1,109 @@
+"""The scenario's defences at run time: which one acts where, and their state between rounds.
+
+On a client: at most one ``training``-stage defence replaces plain local
+training, then the ``upload``-stage defences transform the upload in the
+scenario's order. On the server: at most one ``aggregate``-stage defence
+replaces FedAvg's weighted mean. A client defence's state (e.g. an
+accountant's history) is restored from, and saved back to, a JSON-able
+mapping that the ClientApp keeps in Flower's ``Context.state``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedsim.api import Defence, Update, weighted_mean
+from fedsim.federation.setup import derive_seed
+from fedsim.registry import instantiate_defence
+from fedsim.scenario import Scenario
+
+CLIENT_STAGES = ("training", "upload")
+
+
+@dataclass(frozen=True)
+class ActiveDefence:
+    """A scenario's ``defences[index]``, instantiated."""
+
+    index: int
+    defence: Defence
+
+    def prefixed(self, measurements: Mapping[str, float]) -> dict[str, float]:
+        """Measurements keyed ``defence<index>.<key>``; NaN values are dropped
+        (infinities stay: ``epsilon = inf`` means noise-free, no guarantee)."""
+        return {f"defence{self.index}.{k}": float(v) for k, v in measurements.items()
+                if not math.isnan(v)}  # fmt: skip
+
+
+def active_defences(scenario: Scenario, stages: Sequence[str]) -> list[ActiveDefence]:
+    """The scenario's defences acting at one of ``stages``, in scenario order."""
+    found = []
+    for index, config in enumerate(scenario.defences):
+        defence = instantiate_defence(config.name, config.params)
+        if defence.stage in stages:
+            found.append(ActiveDefence(index, defence))
+    return found
+
+
+class ClientDefences:
+    """One client's defences for one round, their state restored from ``state``."""
+
+    def __init__(self, scenario: Scenario, state: Mapping[str, Any]) -> None:
+        self.scenario = scenario
+        self.active = active_defences(scenario, CLIENT_STAGES)
+        for item in self.active:
+            if str(item.index) in state:
+                item.defence.load_state_dict(state[str(item.index)])
+
+    @property
+    def trainer(self) -> ActiveDefence | None:
+        """The ``training``-stage defence, if the scenario has one."""
+        return next((a for a in self.active if a.defence.stage == "training"), None)
+
+    def defend_upload(
+        self, update: Update, server_round: int, partition_id: int
+    ) -> tuple[Update, dict[str, float]]:
+        """Apply the ``upload``-stage defences in order; returns the upload and measurements."""
+        measurements: dict[str, float] = {}
+        for item in self.active:
+            if item.defence.stage != "upload":
+                continue
+            noise = torch.Generator().manual_seed(
+                derive_seed(self.scenario.seed, "defence", item.index, server_round, partition_id)
+            )
+            update, measured = item.defence.apply(update, noise)
+            measurements.update(item.prefixed(measured))
+        return update, measurements
+
+    def save_state(self, state: MutableMapping[str, Any]) -> None:
+        """Write every defence's state into ``state`` (keyed by defence index)."""
+        for item in self.active:
+            saved = item.defence.state_dict()
+            if saved:
+                state[str(item.index)] = saved
+
+
+class ServerAggregation:
+    """FedAvg's weighted mean, or the scenario's ``aggregate``-stage defence (one
+    instance for the whole federation, so its accountant spans every round)."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        central = active_defences(scenario, ("aggregate",))
+        self.central = central[0] if central else None
+
+    def __call__(
+        self, server_round: int, updates: Sequence[Update], weights: Sequence[float]
+    ) -> tuple[Update, dict[str, float]]:
+        """The round's aggregate and the aggregate defence's measurements (prefixed)."""
+        if self.central is None:
+            return weighted_mean(updates, weights), {}
+        noise = torch.Generator().manual_seed(
+            derive_seed(self.scenario.seed, "defence", self.central.index, server_round, "server")
+        )
+        aggregate, measured = self.central.defence.aggregate(updates, weights, noise)
+        return aggregate, self.central.prefixed(measured)
