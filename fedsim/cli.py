@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
         help="override a key, e.g. federation.rounds=2 or 'defences[0].sigma=[0, 0.1]'",
     )
     run.add_argument("--out", type=Path, help="run directory to create (must not exist)")
+    run.add_argument(
+        "--scoring",
+        choices=("shared-truth", "on-client"),
+        default="shared-truth",
+        help="where reconstructions are scored: with the true batch the clients send to "
+        "the scorer (default), or on the clients, as on real machines",
+    )
     sub.add_parser("plugins", help="list installed attacks and defences with their parameters")
     return parser
 
@@ -68,8 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedsim.run import RunError, run_scenario
     from fedsim.scenario import ScenarioError
 
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run_dir, status = run_scenario(args.scenario, args.overrides, args.out, console)
+        run_dir, status = run_scenario(
+            args.scenario, args.overrides, args.out, console, args.scoring
+        )
     except (ScenarioError, RunError) as exc:
         print(f"fedsim: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -77,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if status == "interrupted":
         _abandon_federation()
     return EXIT_OK if status == "complete" else EXIT_FAILED
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM stops a run like Ctrl-C: results so far are kept, status ``interrupted``."""
+    raise KeyboardInterrupt
 
 
 def _abandon_federation() -> None:

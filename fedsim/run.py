@@ -5,6 +5,9 @@ invalid), check that data and model load, create a fresh run directory, then
 run one federation per sweep point while a progress display shows rounds and
 attacks. ``results.json`` is rewritten atomically after every record, so an
 interrupted run leaves valid results for what finished.
+
+:func:`prepare_run`, :func:`run_trials` and :func:`finish_run` are shared with
+the deployment engine's ServerApp (``fedsim.federation.deployment``).
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedsim.data.datasets import DataError
+from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
 from fedsim.federation.setup import federated_data, model_factory
 from fedsim.results.images import save_grid
 from fedsim.results.plots import save_loss_curves
@@ -28,6 +34,8 @@ from fedsim.results.table import rich_table, short_point, summarise
 from fedsim.scenario import ScenarioError, Trial, load
 
 MAX_GRID_ROWS = 40
+
+Engine = Literal["simulation", "deployment"]
 
 
 class RunError(Exception):
@@ -63,7 +71,7 @@ def preflight(trials: list[Trial], source: str) -> None:
                 "leaves the test split empty; raise it or use more samples per class",
             )
         fed = scenario.federation
-        smallest = min(len(s.labels) for s in data.shards)
+        smallest = min(data.shards.sizes())
         if fed.protocol == "fedsgd" and fed.batch_size > smallest:
             raise ScenarioError(
                 source,
@@ -109,18 +117,38 @@ def grid_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows[:MAX_GRID_ROWS]
 
 
-def run_scenario(
-    path: Path, overrides: list[str], out: Path | None, console: Console
-) -> tuple[Path, str]:
-    """Run the scenario at ``path``; returns the run directory and the final status.
+@dataclass
+class PreparedRun:
+    """A validated scenario with its fresh run directory and results store."""
+
+    source: Path
+    trials: list[Trial]
+    run_dir: Path
+    store: ResultsStore
+    started: float
+
+
+def prepare_run(
+    path: Path,
+    overrides: list[str],
+    out: Path | None,
+    engine: Engine,
+    scoring: ScoringMode,
+) -> PreparedRun:
+    """Validate the scenario at ``path``, create its run directory and results store.
 
     Raises:
-        ScenarioError: invalid scenario, data or model (nothing written).
+        ScenarioError: invalid scenario, data, model or (simulation) resources;
+            nothing is written.
         RunError: the run directory cannot be created.
     """
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     raw, trials = load(path, overrides)
     preflight(trials, str(path))
+    if engine == "simulation":
+        from fedsim.federation.runner import check_resources
+
+        for trial in trials:
+            check_resources(trial.scenario, str(path))
     first = trials[0].scenario
     run_dir = new_run_dir(out, first.output.dir, first.name)
     (run_dir / "scenario.toml").write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
@@ -143,11 +171,60 @@ def run_scenario(
         ),
         encoding="utf-8",
     )
+    store = ResultsStore(run_dir, first.name, engine, scoring, GROUND_TRUTH_NOTES[scoring])
+    return PreparedRun(path, trials, run_dir, store, time.perf_counter())
 
-    store = ResultsStore(run_dir, first.name)
+
+def run_trials(
+    run: PreparedRun,
+    run_trial: Callable[[Trial], None],
+    on_failure: Callable[[Trial, str], None],
+) -> str:
+    """Run every trial; one that raises is recorded as failed and the others go on.
+
+    Returns ``complete`` or ``partial``. ``KeyboardInterrupt`` propagates.
+    """
     status = "complete"
-    started = time.perf_counter()
-    total = sum(t.scenario.federation.rounds for t in trials)
+    for trial in run.trials:
+        run.store.start_trial(trial.index, trial.point)
+        try:
+            run_trial(trial)
+            run.store.finish_trial(trial.index, "complete")
+        except Exception as exc:  # a failed federation must not lose the others
+            error = f"{type(exc).__name__}: {exc}"
+            run.store.finish_trial(trial.index, "failed", error)
+            status = "partial"
+            on_failure(trial, error)
+    return status
+
+
+def finish_run(run: PreparedRun, status: str, reason: str = "") -> list[dict[str, Any]]:
+    """Close the store with ``status``, draw ``grid.png`` and the loss curves;
+    returns the summary table's rows."""
+    run.store.data["wall_seconds"] = time.perf_counter() - run.started
+    run.store.close(status, reason)
+    save_grid(grid_rows(run.store.data), run.run_dir, run.run_dir / "grid.png")
+    save_loss_curves(run.store.data["records"], run.run_dir / "loss_curves.png")
+    return summarise(run.store.data)
+
+
+def run_scenario(
+    path: Path,
+    overrides: list[str],
+    out: Path | None,
+    console: Console,
+    scoring: ScoringMode = "shared-truth",
+) -> tuple[Path, str]:
+    """Run the scenario at ``path`` in Flower's simulation engine; returns the run
+    directory and the final status (``complete``, ``partial`` or ``interrupted``).
+
+    Raises:
+        ScenarioError: invalid scenario, data or model (nothing written).
+        RunError: the run directory cannot be created.
+    """
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    run = prepare_run(path, overrides, out, "simulation", scoring)
+    total = sum(t.scenario.federation.rounds for t in run.trials)
     from fedsim.federation.runner import run_trial
 
     with Progress(
@@ -159,32 +236,25 @@ def run_scenario(
         console=console,
     ) as progress:
         task = progress.add_task("federation", total=total, note="starting")
+
+        def note(message: str) -> None:
+            if message.startswith("round") and "done" in message:
+                progress.advance(task)
+            progress.update(task, note=message)
+
+        def one(trial: Trial) -> None:
+            label = f"point {trial.index + 1}/{len(run.trials)}"
+            progress.update(task, description=label, note="starting Flower simulation")
+            run_trial(trial, run.store, run.run_dir, note, scoring)
+
+        def failed(trial: Trial, error: str) -> None:
+            console.print(f"[red]point {trial.index + 1}/{len(run.trials)} failed:[/] {error}")
+
         try:
-            for trial in trials:
-                label = f"point {trial.index + 1}/{len(trials)}"
-                progress.update(task, description=label, note="starting Flower simulation")
-                store.start_trial(trial.index, trial.point)
-
-                def note(message: str) -> None:
-                    if message.startswith("round") and "done" in message:
-                        progress.advance(task)
-                    progress.update(task, note=message)
-
-                try:
-                    run_trial(trial, store, run_dir, note)
-                    store.finish_trial(trial.index, "complete")
-                except Exception as exc:  # a failed federation must not lose the others
-                    store.finish_trial(trial.index, "failed", f"{type(exc).__name__}: {exc}")
-                    status = "partial"
-                    console.print(f"[red]{label} failed:[/] {type(exc).__name__}: {exc}")
+            status = run_trials(run, one, failed)
+            reason = ""
         except KeyboardInterrupt:
-            status = "interrupted"
-            for trial in store.data["trials"]:
-                if trial["status"] == "running":
-                    store.finish_trial(trial["index"], "interrupted", "stopped by the user")
-    store.data["wall_seconds"] = time.perf_counter() - started
-    store.close(status)
-    save_grid(grid_rows(store.data), run_dir, run_dir / "grid.png")
-    save_loss_curves(store.data["records"], run_dir / "loss_curves.png")
-    console.print(rich_table(summarise(store.data), title=f"{first.name}: {status}"))
-    return run_dir, status
+            status, reason = "interrupted", "stopped by the user (Ctrl-C or SIGTERM)"
+    rows = finish_run(run, status, reason)
+    console.print(rich_table(rows, title=f"{run.trials[0].scenario.name}: {status}"))
+    return run.run_dir, status

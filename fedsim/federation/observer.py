@@ -2,8 +2,9 @@
 
 For every configured attack it builds the :class:`~fedsim.api.Observation` its
 position allows (``server``: each client's upload; ``participant``: the round's
-aggregate), runs the plugin, scores the result against the ground truth that
-travelled separately, saves PNGs and appends a :class:`Record`.
+aggregate), runs the plugin, has the result scored against the ground truth
+(by the :class:`~fedsim.federation.scoring.Scorer`: with the truth that
+travelled separately, or on the clients), saves PNGs and appends a :class:`Record`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 
 from fedsim.api import Attack, Observation, Reconstruction, Update
+from fedsim.federation.scoring import Scorer, ScoringError, Truth
 from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
-from fedsim.metrics import SUCCESS_PSNR, label_count_accuracy, score_batch
+from fedsim.metrics import SUCCESS_PSNR, match_scores
 from fedsim.registry import discover
 from fedsim.results.images import save_png
 from fedsim.results.store import Record, ResultsStore
@@ -36,7 +38,7 @@ class ClientUpload:
     batch_size: int
     local_steps: int
     metrics: dict[str, float]
-    truth: tuple[torch.Tensor, torch.Tensor] | None
+    truth: Truth | None
 
 
 Progress = Callable[[str], None]
@@ -82,10 +84,12 @@ class AttackTap:
         store: ResultsStore,
         run_dir: Path,
         device: torch.device,
+        scorer: Scorer,
         progress: Progress = lambda _msg: None,
     ) -> None:
         self.trial, self.data, self.factory = trial, data, factory
         self.store, self.run_dir, self.device, self.progress = store, run_dir, device, progress
+        self.scorer = scorer
         plugins = discover().attacks
         self.attacks = [
             (i, config, plugins[config.name](plugins[config.name].Params(**config.params)))
@@ -99,7 +103,7 @@ class AttackTap:
         for index, config, attack in self.attacks:
             if config.rounds is not None and server_round not in config.rounds:
                 continue
-            for observation, truth, measured in self._observations(
+            for observation, holders, measured in self._observations(
                 index, config, server_round, start, uploads, aggregate
             ):
                 who = (
@@ -116,7 +120,7 @@ class AttackTap:
                         config,
                         observation,
                         result,
-                        truth,
+                        holders,
                         measured,
                         time.perf_counter() - began,
                     )
@@ -130,7 +134,9 @@ class AttackTap:
         start: Update,
         uploads: list[ClientUpload],
         aggregate: Update,
-    ) -> list[tuple[Observation, tuple[torch.Tensor, torch.Tensor] | None, dict[str, float]]]:
+    ) -> list[tuple[Observation, list[ClientUpload], dict[str, float]]]:
+        """Each observation this attack makes, with the uploads behind it and their
+        measurements."""
         fed = self.trial.scenario.federation
         kind = "gradient" if fed.protocol == "fedsgd" else "delta"
         common: dict[str, Any] = dict(
@@ -145,7 +151,8 @@ class AttackTap:
             device=self.device,
         )
         if config.position == "server":
-            chosen = sorted(uploads, key=lambda u: u.client)[: config.max_clients]
+            targets = [u for u in uploads if config.clients is None or u.client in config.clients]
+            chosen = sorted(targets, key=lambda u: u.client)[: config.max_clients]
             return [
                 (
                     Observation(
@@ -158,15 +165,11 @@ class AttackTap:
                             self.trial.scenario.seed, "attack", index, server_round, u.client
                         ),
                     ),
-                    u.truth,
+                    [u],
                     u.metrics,
                 )
                 for u in chosen
             ]
-        truths = [u.truth for u in uploads]
-        truth = None
-        if all(t is not None for t in truths):
-            truth = (torch.cat([t[0] for t in truths]), torch.cat([t[1] for t in truths]))  # type: ignore[index]
         observation = Observation(
             **common,
             client_id=None,
@@ -175,7 +178,7 @@ class AttackTap:
             local_steps=max(u.local_steps for u in uploads),
             seed=derive_seed(self.trial.scenario.seed, "attack", index, server_round, "aggregate"),
         )
-        return [(observation, truth, {})]
+        return [(observation, uploads, {})]
 
     def _record(
         self,
@@ -183,7 +186,7 @@ class AttackTap:
         config: AttackConfig,
         observation: Observation,
         result: Reconstruction,
-        truth: tuple[torch.Tensor, torch.Tensor] | None,
+        holders: list[ClientUpload],
         measured: dict[str, float],
         seconds: float,
     ) -> Record:
@@ -202,12 +205,18 @@ class AttackTap:
             defence_measurements={k: v for k, v in measured.items() if k.startswith("defence")},
             attack_seconds=seconds,
         )
-        if result.status != "ok" or truth is None:
+        if result.status != "ok":
             return record
-        originals, labels = truth
         try:
-            scores = score_batch(originals, labels, result.images, result.labels)  # type: ignore[arg-type]
-        except ValueError as exc:
+            scored = self.scorer.score(
+                observation.round,
+                [u.client for u in holders],
+                [u.truth for u in holders],
+                result.images,  # type: ignore[arg-type]
+                result.labels,
+            )
+            scores, label_count = match_scores(scored.parts)
+        except (ScoringError, ValueError) as exc:
             record.status, record.reason = "failed", f"cannot score: {exc}"
             return record
         stem = (
@@ -219,10 +228,11 @@ class AttackTap:
         for k, score in enumerate(scores):
             original = reconstruction = None
             if self.trial.scenario.output.save_images:
-                original = f"images/{stem}_{k}_original.png"
                 reconstruction = f"images/{stem}_{k}_reconstruction.png"
-                save_png(originals[score.original_index], self.run_dir / original)
                 save_png(result.images[k], self.run_dir / reconstruction)  # type: ignore[index]
+                if scored.originals is not None:
+                    original = f"images/{stem}_{k}_original.png"
+                    save_png(scored.originals[score.original_index], self.run_dir / original)
             record.images.append(
                 {**score.as_dict(), "original_png": original, "reconstruction_png": reconstruction}
             )
@@ -232,9 +242,7 @@ class AttackTap:
             "ssim": float(np.mean([s.ssim for s in scores])),
             "mse": float(np.mean([s.mse for s in scores])),
             "label_accuracy": float(np.mean(labelled)) if labelled else None,
-            "label_count_accuracy": None
-            if result.labels is None
-            else label_count_accuracy(labels, result.labels, observation.num_classes),
+            "label_count_accuracy": label_count,
             "success": float(all(s.psnr >= SUCCESS_PSNR for s in scores)),
             "psnr_peak": scores[0].psnr_peak,
         }

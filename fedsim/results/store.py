@@ -1,8 +1,11 @@
 """The results store: append-only records, written atomically after every change.
 
 ``results.json`` always parses, whatever moment a run is interrupted at; it
-holds the run's status, one entry per trial (sweep point) with the model's
-test accuracy per round, and one :class:`Record` per attack on one upload.
+holds the run's status (``running`` until the run ends: a run killed with
+SIGKILL stays ``running``, with everything up to its last finished round or
+record), the engine and ground-truth scoring mode, one entry per trial (sweep
+point) with the model's test accuracy per round and the clients that failed,
+and one :class:`Record` per attack on one upload.
 ``metrics.csv`` is the records flattened, one row per record.
 """
 
@@ -94,7 +97,11 @@ def atomic_write(path: Path, text: str) -> None:
 class ResultsStore:
     """Thread-safe store of one run's results in ``run_dir``."""
 
-    def __init__(self, run_dir: Path, scenario_name: str) -> None:
+    def __init__(
+        self, run_dir: Path, scenario_name: str, engine: str, ground_truth: str, note: str
+    ) -> None:
+        """``engine``: ``simulation`` or ``deployment``; ``ground_truth``: the scoring
+        mode (``shared-truth`` or ``on-client``), explained by ``note``."""
         self.run_dir = run_dir
         self._lock = threading.Lock()
         self.data: dict[str, Any] = {
@@ -103,11 +110,17 @@ class ResultsStore:
             "started": _now(),
             "finished": None,
             "status": "running",
-            "ground_truth": "simulation: clients send their true batch to the scorer only",
+            "engine": engine,
+            "ground_truth": ground_truth,
+            "ground_truth_note": note,
             "trials": [],
             "records": [],
         }
         self.save()
+
+    @property
+    def open(self) -> bool:
+        return self.data["status"] == "running"
 
     def _trial(self, index: int) -> dict[str, Any]:
         return next(t for t in self.data["trials"] if t["index"] == index)
@@ -129,15 +142,17 @@ class ResultsStore:
 
     def set_accuracy(self, index: int, server_round: int, accuracy: float) -> None:
         with self._lock:
-            self._trial(index)["accuracy"][str(server_round)] = accuracy
-            self._save()
+            if self.open:
+                self._trial(index)["accuracy"][str(server_round)] = accuracy
+                self._save()
 
-    def add_client_failures(self, index: int, server_round: int, errors: list[str]) -> None:
-        """Record clients whose round failed (the round went on with the others)."""
+    def add_client_failures(self, index: int, failures: list[dict[str, Any]]) -> None:
+        """Record clients whose round failed (the round went on with the others):
+        each ``{"round", "client", "kind": "error" | "timeout", "error"}``."""
         with self._lock:
-            trial = self._trial(index)
-            trial["client_failures"].extend({"round": server_round, "error": e} for e in errors)
-            self._save()
+            if self.open:
+                self._trial(index)["client_failures"].extend(failures)
+                self._save()
 
     def finish_trial(self, index: int, status: str, error: str = "") -> None:
         with self._lock:
@@ -148,13 +163,18 @@ class ResultsStore:
     def add(self, record: Record) -> None:
         """Append ``record``; ignored once the store is closed (a run stopping)."""
         with self._lock:
-            if self.data["status"] != "running":
-                return
-            self.data["records"].append(asdict(record))
-            self._save()
+            if self.open:
+                self.data["records"].append(asdict(record))
+                self._save()
 
-    def close(self, status: str) -> None:
+    def close(self, status: str, reason: str = "") -> None:
+        """End the run with ``status``; trials still running end ``interrupted``
+        with ``reason``. Later changes are ignored (a federation thread may outlive
+        an interrupted run)."""
         with self._lock:
+            for trial in self.data["trials"]:
+                if trial["status"] == "running":
+                    trial.update(status="interrupted", error=reason, finished=_now())
             self.data.update(status=status, finished=_now())
             self._save()
 
