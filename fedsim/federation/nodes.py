@@ -27,6 +27,9 @@ from fedsim.federation.protocol import PARTITION_QUERY
 PULL_INTERVAL = 0.1
 """Seconds between polls for replies."""
 
+STARTUP_TIMEOUT = 600.0
+"""Seconds simulated nodes may take to answer their first message."""
+
 
 def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Message | None]:
     """Send ``messages`` and wait up to ``timeout`` seconds for their replies.
@@ -48,6 +51,22 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Me
             break
         time.sleep(PULL_INTERVAL)
     return replies
+
+
+def error_summary(reply: Message, limit: int = 300) -> str:
+    """The gist of an error reply: the exception message a ClientApp raised (Flower
+    wraps it in its own exception and, in simulation, Ray's traceback), else the
+    reason's last line. The full reason is in Flower's log."""
+    reason = reply.error.reason.strip().removesuffix("'>")
+    marker = "Message: "
+    gist = reason.rsplit(marker, 1)[1] if marker in reason else reason.splitlines()[-1]
+    return gist.strip()[:limit]
+
+
+def _partition_query(node: int) -> Message:
+    return Message(
+        RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=PARTITION_QUERY
+    )
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -75,15 +94,20 @@ class NodePlacement(ABC):
 class SimulatedNodes(NodePlacement):
     """Flower's simulated nodes as stand-ins: partition i of a request → i-th node.
 
-    Needs as many nodes as the largest request (``clients_per_round``).
+    Needs as many nodes as the largest request (``clients_per_round``). Before
+    the first request every node answers a query once, so the engine's start-up
+    (Ray workers, imports) is not counted against the first round's timeout.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
+        self._nodes: list[int] = []
 
     def nodes_for(self, grid: Grid, partitions: Sequence[int]) -> dict[int, int]:
-        nodes = wait_for_nodes(grid, len(partitions), self.timeout)
-        return dict(zip(partitions, nodes, strict=False))
+        if not self._nodes:
+            self._nodes = wait_for_nodes(grid, len(partitions), self.timeout)
+            exchange(grid, [_partition_query(n) for n in self._nodes], STARTUP_TIMEOUT)
+        return dict(zip(partitions, self._nodes, strict=False))
 
 
 class DeployedNodes(NodePlacement):
@@ -109,12 +133,9 @@ def partition_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, i
         RuntimeError: a partition is missing or held twice.
     """
     nodes = wait_for_nodes(grid, num_clients, timeout)
-    queries = [
-        Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type=PARTITION_QUERY)
-        for n in nodes
-    ]
     found: dict[int, int] = {}
-    for node, reply in zip(nodes, exchange(grid, queries, timeout), strict=True):
+    replies = exchange(grid, [_partition_query(n) for n in nodes], timeout)
+    for node, reply in zip(nodes, replies, strict=True):
         if reply is None or reply.has_error():
             continue
         partition = int(reply.content["metrics"]["partition-id"])  # type: ignore[arg-type]

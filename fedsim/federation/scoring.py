@@ -25,7 +25,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.federation import protocol
-from fedsim.federation.nodes import NodePlacement, exchange
+from fedsim.federation.nodes import NodePlacement, error_summary, exchange
 from fedsim.metrics import PairScores, pair_scores
 
 ScoringMode = Literal["shared-truth", "on-client"]
@@ -129,7 +129,7 @@ class OnClientScorer(Scorer):
             if reply is None:
                 raise ScoringError(f"client {client} did not reply within {self.timeout:g} s")
             if reply.has_error():
-                raise ScoringError(f"client {client}: {reply.error.reason}")
+                raise ScoringError(f"client {client}: {error_summary(reply)}")
             parts.append(protocol.scores_of(reply.content["scores"]))
         return Scored(parts, None)
 

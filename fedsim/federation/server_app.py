@@ -28,7 +28,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsim.api import Update
 from fedsim.federation import protocol
-from fedsim.federation.nodes import NodePlacement
+from fedsim.federation.nodes import NodePlacement, error_summary
 from fedsim.federation.observer import AttackTap, ClientUpload, Progress
 from fedsim.federation.scoring import OnClientScorer, Scorer, ScoringMode, SharedTruthScorer
 from fedsim.federation.setup import (
@@ -138,7 +138,9 @@ class AttackedFedAvg(FedAvg):
     def _failures(self, server_round: int, replies: list[Message]) -> list[ClientFailure]:
         """Error replies, and sampled clients with no reply within ``round_timeout``."""
         failures = [
-            ClientFailure(server_round, self._sent[m.metadata.src_node_id], "error", m.error.reason)
+            ClientFailure(
+                server_round, self._sent[m.metadata.src_node_id], "error", error_summary(m)
+            )
             for m in replies
             if m.has_error()
         ]
