@@ -15,7 +15,10 @@ import logging
 import math
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,19 +65,10 @@ def check_resources(scenario: Scenario, source: str) -> None:
         )
 
 
-def backend_config(scenario: Scenario, temp_dir: str) -> dict[str, Any]:
-    """Ray settings from ``[simulation]``; Ray's files under ``temp_dir``, its
-    workers' output off the console."""
+def backend_config(scenario: Scenario) -> dict[str, Any]:
+    """Flower's backend config: each client's resources from ``[simulation]``."""
     sim = scenario.simulation
-    return {
-        "client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus},
-        "init_args": {
-            "num_cpus": ray_cpus(scenario),
-            "log_to_driver": False,
-            "configure_logging": False,
-            "_temp_dir": temp_dir,
-        },
-    }
+    return {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}}
 
 
 @contextlib.contextmanager
@@ -96,15 +90,33 @@ def logs_to(logger: logging.Logger, path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_session(run_dir: Path, trial: int) -> Iterator[str]:
-    """A short-lived directory for Ray's session (its socket paths must be short);
-    afterwards Ray is shut down and its logs are copied to ``run_dir/ray/trial<i>``."""
+def ray_session(scenario: Scenario, run_dir: Path, trial: int) -> Iterator[None]:
+    """Start Ray for one trial (Flower's backend then uses it): ``ray_cpus`` cores,
+    workers' output off the console, its files in a short-lived directory (socket
+    paths must be short). Afterwards Ray is shut down and its logs are copied to
+    ``run_dir/ray/trial<i>``.
+
+    Ray replaces the process's SIGTERM handler with one that aborts; the previous
+    handler is put back, so that SIGTERM still ends a run cleanly.
+    """
     import ray
 
     temp = tempfile.mkdtemp(prefix="fedsim-ray-")
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         with logs_to(logging.getLogger("ray"), run_dir / "ray.log"):
-            yield temp
+            ray.init(
+                num_cpus=ray_cpus(scenario),
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                # Ray's workers import what this process can (a model given by import path).
+                runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}},
+                _temp_dir=temp,
+            )
+            if sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, sigterm)
+            yield
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -127,10 +139,13 @@ def run_trial(
         nodes = SimulatedNodes(scenario.federation.round_timeout)
         run_federation(grid, trial, store, run_dir, nodes, scoring, progress)
 
-    with logs_to(FLOWER_LOGGER, run_dir / "flower.log"), ray_session(run_dir, trial.index) as temp:
+    with (
+        logs_to(FLOWER_LOGGER, run_dir / "flower.log"),
+        ray_session(scenario, run_dir, trial.index),
+    ):
         run_simulation(
             server_app=server_app,
             client_app=make_client_app(simulated=True),
             num_supernodes=scenario.federation.clients_per_round,
-            backend_config=backend_config(scenario, temp),  # type: ignore[arg-type]
+            backend_config=backend_config(scenario),  # type: ignore[arg-type]
         )
