@@ -13,7 +13,6 @@ the deployment engine's ServerApp (``fedsim.federation.deployment``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -222,7 +221,6 @@ def run_scenario(
         ScenarioError: invalid scenario, data or model (nothing written).
         RunError: the run directory cannot be created.
     """
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run = prepare_run(path, overrides, out, "simulation", scoring)
     total = sum(t.scenario.federation.rounds for t in run.trials)
     from fedsim.federation.runner import run_trial

@@ -101,6 +101,7 @@ def ray_session(scenario: Scenario, run_dir: Path, trial: int) -> Iterator[None]
     """
     import ray
 
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default
     temp = tempfile.mkdtemp(prefix="fedsim-ray-")
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
