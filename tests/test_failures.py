@@ -176,4 +176,5 @@ def test_sigkill_leaves_valid_results_marked_running(short_tmp: Path) -> None:
     # finished before it; "running" with no process left means the run was killed.
     assert results["status"] == results["trials"][0]["status"] == "running"
     assert results["finished"] is None
+    assert results["pid"] == child.pid and not psutil.pid_exists(child.pid)
     assert {"0", "1", "2"} <= set(results["trials"][0]["accuracy"])

@@ -3,9 +3,10 @@
 ``results.json`` always parses, whatever moment a run is interrupted at; it
 holds the run's status (``running`` until the run ends: a run killed with
 SIGKILL stays ``running``, with everything up to its last finished round or
-record), the engine and ground-truth scoring mode, one entry per trial (sweep
-point) with the model's test accuracy per round and the clients that failed,
-and one :class:`Record` per attack on one upload.
+record; ``pid`` is the process that wrote it), the engine and ground-truth
+scoring mode, one entry per trial (sweep point) with the model's test
+accuracy per round and the clients that failed, and one :class:`Record` per
+attack on one upload.
 ``metrics.csv`` is the records flattened, one row per record.
 """
 
@@ -110,6 +111,7 @@ class ResultsStore:
             "started": _now(),
             "finished": None,
             "status": "running",
+            "pid": os.getpid(),
             "engine": engine,
             "ground_truth": ground_truth,
             "ground_truth_note": note,
