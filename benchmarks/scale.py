@@ -17,8 +17,8 @@ test accuracy after every round, Ray with one CPU per client on all cores.
   same model update as FedSGD's averaged gradient.
 
 Runs alternate between the two so that a change in machine load hits both; the
-median of ``--repeats`` runs is printed. *Rounds/s* counts rounds 2..20 (from the
-end of round 1 to the end of round 20: round 1 includes the clients' start-up);
+median of ``--repeats`` runs is printed. *Rounds/s* is the inverse of the median
+duration of rounds 2..20 (round 1 includes the clients' start-up);
 *wall* is the whole run, Ray's start-up included; *peak memory* is sampled over
 the process and all its descendants (Ray's workers included).
 """
@@ -26,6 +26,7 @@ the process and all its descendants (Ray's workers included).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -65,9 +66,10 @@ class Measurement:
 
 
 def rate(done_at: dict[int, float]) -> float:
-    """Rounds per second from the end of round 1 to the end of the last round."""
-    last = max(done_at)
-    return (last - 1) / (done_at[last] - done_at[1])
+    """Rounds per second: the inverse of the median duration of rounds 2..last (the
+    median, so that a burst of load from other jobs does not count)."""
+    ends = [done_at[r] for r in sorted(done_at)]
+    return 1.0 / statistics.median(b - a for a, b in itertools.pairwise(ends))
 
 
 def run_fedsim(num_clients: int, folder: Path) -> Measurement:

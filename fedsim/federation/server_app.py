@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +50,7 @@ class ClientFailure:
     round: int
     client: int
     kind: Literal["error", "timeout"]
-    reason: str
+    error: str
 
 
 def weighted_mean(updates: list[Update], weights: list[float]) -> Update:
@@ -214,13 +214,7 @@ def run_federation(
     tap = AttackTap(trial, data, factory, store, run_dir, device, scorer, progress)
 
     def on_failures(failures: list[ClientFailure]) -> None:
-        store.add_client_failures(
-            trial.index,
-            [
-                {"round": f.round, "client": f.client, "kind": f.kind, "error": f.reason}
-                for f in failures
-            ],
-        )
+        store.add_client_failures(trial.index, [asdict(f) for f in failures])
         progress(f"round {failures[0].round}: {len(failures)} client(s) failed")
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
