@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from peak_memory import PeakMemory
+from process_tree import TreeMonitor
 from rich.console import Console
 
 from fedsim.run import run_scenario
@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     scenario = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "scenarios" / "quickstart.toml"
-    with tempfile.TemporaryDirectory() as tmp, PeakMemory() as peak:
+    with tempfile.TemporaryDirectory() as tmp, TreeMonitor() as tree:
         start = time.perf_counter()
         _, status = run_scenario(scenario, [], Path(tmp) / "run", Console(stderr=True))
         wall = time.perf_counter() - start
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"scenario            {scenario.name} ({status})")
     print(f"wall time           {wall:.1f} s")
-    print(f"peak memory (tree)  {peak.mib:.0f} MiB  (fedsim + Ray workers)")
+    print(f"peak memory (tree)  {tree.peak_mib:.0f} MiB  (fedsim + Ray workers)")
     print(f"peak memory (main)  {own:.0f} MiB")
 
 

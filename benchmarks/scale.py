@@ -12,13 +12,17 @@ test accuracy after every round, Ray with one CPU per client on all cores.
   store, Flower's simulation engine with one stand-in node per client of a round).
 - *plain Flower*: written here with Flower's own pieces only (``ClientApp``,
   ``ServerApp``, the ``FedAvg`` strategy sampling ``num_clients`` simulated nodes,
-  the partition from each node's config) and fedsim's data and model functions;
-  clients upload their weights after one SGD step, which FedAvg averages: the
-  same model update as FedSGD's averaged gradient.
+  the partition from each node's config) plus fedsim's data split, model,
+  batch choice and test accuracy, under the same Ray settings; clients upload
+  their weights after one SGD step, which FedAvg averages: the same model
+  update as FedSGD's averaged gradient.
 
 Runs alternate between the two so that a change in machine load hits both; the
 median of ``--repeats`` runs is printed. *Rounds/s* is the inverse of the median
-duration of rounds 2..20 (round 1 includes the clients' start-up);
+duration of rounds 2..20 (round 1 includes the clients' start-up); *CPU s/round*
+is the CPU time (user + system) of the process tree, Ray's workers included,
+over rounds 2..20 divided by 19: unlike wall time it hardly depends on what
+else runs on the machine, so it is the figure fedsim's overhead is judged by;
 *wall* is the whole run, Ray's start-up included; *peak memory* is sampled over
 the process and all its descendants (Ray's workers included).
 """
@@ -42,7 +46,7 @@ from flwr.common.logger import FLOWER_LOGGER
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
-from peak_memory import PeakMemory
+from process_tree import TreeMonitor
 from rich.console import Console
 from rich.table import Table
 
@@ -61,26 +65,42 @@ SCENARIO = ROOT / "scenarios" / "many_clients.toml"
 class Measurement:
     wall: float
     rounds_per_second: float
+    cpu_per_round: float
     peak_mib: float
     accuracy: float
 
 
-def rate(done_at: dict[int, float]) -> float:
-    """Rounds per second: the inverse of the median duration of rounds 2..last (the
-    median, so that a burst of load from other jobs does not count)."""
-    ends = [done_at[r] for r in sorted(done_at)]
-    return 1.0 / statistics.median(b - a for a, b in itertools.pairwise(ends))
+class RoundClock:
+    """Wall and CPU time (whole process tree) at the end of each round."""
+
+    def __init__(self, tree: TreeMonitor) -> None:
+        self.tree = tree
+        self.ends: dict[int, tuple[float, float]] = {}
+
+    def mark(self, server_round: int) -> None:
+        self.ends[server_round] = (time.perf_counter(), self.tree.cpu_seconds())
+
+    def rounds_per_second(self) -> float:
+        """The inverse of the median duration of rounds 2..last (the median, so that
+        a burst of load from other jobs does not count)."""
+        walls = [self.ends[r][0] for r in sorted(self.ends) if r >= 1]
+        return 1.0 / statistics.median(b - a for a, b in itertools.pairwise(walls))
+
+    def cpu_per_round(self) -> float:
+        """CPU seconds the process tree spent per round over rounds 2..last."""
+        last = max(self.ends)
+        return (self.ends[last][1] - self.ends[1][1]) / (last - 1)
 
 
 def run_fedsim(num_clients: int, folder: Path) -> Measurement:
-    done_at: dict[int, float] = {}
-
-    def note(message: str) -> None:  # "round 3/20 done, test accuracy 0.123"
-        if message.startswith("round ") and " done" in message:
-            done_at[int(message.split()[1].split("/")[0])] = time.perf_counter()
-
     overrides = [f"federation.num_clients={num_clients}", "attacks=[]"]
-    with PeakMemory() as peak:
+    with TreeMonitor() as tree:
+        clock = RoundClock(tree)
+
+        def note(message: str) -> None:  # "round 3/20 done, test accuracy 0.123"
+            if message.startswith("round ") and " done" in message:
+                clock.mark(int(message.split()[1].split("/")[0]))
+
         start = time.perf_counter()
         run = prepare_run(SCENARIO, overrides, folder / "fedsim", "simulation", "shared-truth")
 
@@ -94,7 +114,13 @@ def run_fedsim(num_clients: int, folder: Path) -> Measurement:
         finish_run(run, status)
         wall = time.perf_counter() - start
     accuracy = run.store.data["trials"][0]["accuracy"]
-    return Measurement(wall, rate(done_at), peak.mib, accuracy[max(accuracy, key=int)])
+    return Measurement(
+        wall,
+        clock.rounds_per_second(),
+        clock.cpu_per_round(),
+        tree.peak_mib,
+        accuracy[max(accuracy, key=int)],
+    )
 
 
 def plain_client(scenario: Scenario) -> ClientApp:
@@ -154,14 +180,14 @@ def run_plain(num_clients: int, folder: Path) -> Measurement:
     (folder / "plain").mkdir()
     _, trials = load(SCENARIO, [f"federation.num_clients={num_clients}", "attacks=[]"])
     scenario = trials[0].scenario
-    done_at: dict[int, float] = {}
     accuracy: dict[int, float] = {}
+    with TreeMonitor() as tree:
+        clock = RoundClock(tree)
 
-    def on_round(server_round: int, value: float) -> None:
-        done_at[server_round] = time.perf_counter()
-        accuracy[server_round] = value
+        def on_round(server_round: int, value: float) -> None:
+            clock.mark(server_round)
+            accuracy[server_round] = value
 
-    with PeakMemory() as peak:
         start = time.perf_counter()
         with (
             logs_to(FLOWER_LOGGER, folder / "plain" / "flower.log"),
@@ -174,8 +200,13 @@ def run_plain(num_clients: int, folder: Path) -> Measurement:
                 backend_config=backend_config(scenario),  # type: ignore[arg-type]
             )
         wall = time.perf_counter() - start
-    done_at.pop(0)
-    return Measurement(wall, rate(done_at), peak.mib, accuracy[max(accuracy)])
+    return Measurement(
+        wall,
+        clock.rounds_per_second(),
+        clock.cpu_per_round(),
+        tree.peak_mib,
+        accuracy[max(accuracy)],
+    )
 
 
 def main() -> None:
@@ -197,35 +228,21 @@ def main() -> None:
         return statistics.median(getattr(m, field) for m in runs[(name, n)])
 
     table = Table(title=f"medians of {args.repeats} runs, 20 rounds, 10 clients per round")
-    for column in (
-        "clients",
-        "app",
-        "rounds/s",
-        "wall s",
-        "peak MiB",
-        "test acc",
-        "fedsim wall vs plain",
-        "fedsim rounds/s vs plain",
-    ):
+    columns = ("rounds/s", "CPU s/round", "wall s", "peak MiB", "test acc")
+    fields = ("rounds_per_second", "cpu_per_round", "wall", "peak_mib", "accuracy")
+    formats = ("{:.2f}", "{:.3f}", "{:.1f}", "{:.0f}", "{:.3f}")
+    for column in ("clients", "app", *columns, "fedsim CPU/round vs plain", "fedsim wall vs plain"):
         table.add_column(column, justify="right")
     for n in args.clients:
         for name in ("fedsim", "plain Flower"):
-            ratio = ["", ""]
+            overhead = ["", ""]
             if name == "fedsim":
-                wall = median(name, n, "wall") / median("plain Flower", n, "wall") - 1
-                speed = median(name, n, "rounds_per_second") / median(
-                    "plain Flower", n, "rounds_per_second"
-                )
-                ratio = [f"{wall:+.0%}", f"{speed:.2f}×"]
-            table.add_row(
-                str(n),
-                name,
-                f"{median(name, n, 'rounds_per_second'):.2f}",
-                f"{median(name, n, 'wall'):.1f}",
-                f"{median(name, n, 'peak_mib'):.0f}",
-                f"{median(name, n, 'accuracy'):.3f}",
-                *ratio,
-            )
+                overhead = [
+                    f"{median(name, n, field) / median('plain Flower', n, field) - 1:+.0%}"
+                    for field in ("cpu_per_round", "wall")
+                ]
+            values = [f.format(median(name, n, k)) for f, k in zip(formats, fields, strict=True)]
+            table.add_row(str(n), name, *values, *overhead)
     Console(width=140).print(table)
 
 
