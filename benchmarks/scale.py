@@ -1,7 +1,7 @@
 """Many clients: rounds per second and peak memory against the number of clients,
 and fedsim's overhead against a plain Flower app doing the same work.
 
-Usage: ``python benchmarks/scale.py [--clients 10 100 1000] [--repeats 2]``.
+Usage: ``python benchmarks/scale.py [--clients 10 100 1000] [--repeats 3]``.
 
 Both sides run ``scenarios/many_clients.toml`` with its attacks off and
 ``num_clients`` set: digits 32×32, the scenario's ConvNet, 10 clients per
@@ -17,25 +17,29 @@ test accuracy after every round, Ray with one CPU per client on all cores.
   their weights after one SGD step, which FedAvg averages: the same model
   update as FedSGD's averaged gradient.
 
-Runs alternate between the two so that a change in machine load hits both; the
-median of ``--repeats`` runs is printed. *Rounds/s* is the inverse of the median
-duration of rounds 2..20 (round 1 includes the clients' start-up); *CPU s/round*
-is the CPU time (user + system) of the process tree, Ray's workers included,
-over rounds 2..20 divided by 19: unlike wall time it hardly depends on what
-else runs on the machine, so it is the figure fedsim's overhead is judged by;
-*wall* is the whole run, Ray's start-up included; *peak memory* is sampled over
-the process and all its descendants (Ray's workers included).
+Each run is a fresh Python process; runs alternate between the two so that a
+change in machine load hits both; the median of ``--repeats`` runs is printed.
+*Rounds/s* is the inverse of the median duration of rounds 2..20 (round 1
+includes the clients' start-up). *CPU s/round* is the CPU time (user + system)
+of the process tree, Ray's workers included, over rounds 2..20 divided by 19:
+unlike wall time it hardly depends on what else runs on the machine, so it is
+the figure fedsim's overhead is judged by. *Wall* is the whole run, Ray's
+start-up included; *peak memory* is sampled over the process and all its
+descendants (Ray's workers included).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -209,18 +213,37 @@ def run_plain(num_clients: int, folder: Path) -> Measurement:
     )
 
 
+def measure_in_subprocess(name: str, num_clients: int) -> Measurement:
+    """One run in a fresh Python process, so that runs do not share caches or memory."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", name, str(num_clients)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Measurement(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+RUNNERS = {"fedsim": run_fedsim, "plain Flower": run_plain}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--measure", nargs=2, metavar=("APP", "CLIENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.measure:  # one run, in this process: print its measurement as JSON
+        name, clients = args.measure
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(asdict(RUNNERS[name](int(clients), Path(tmp)))))
+        return
     runs: dict[tuple[str, int], list[Measurement]] = {}
     for repeat in range(args.repeats):
         for n in args.clients:
-            for name, run in (("fedsim", run_fedsim), ("plain Flower", run_plain)):
-                with tempfile.TemporaryDirectory() as tmp:
-                    measured = run(n, Path(tmp))
+            for name in RUNNERS:
+                measured = measure_in_subprocess(name, n)
                 runs.setdefault((name, n), []).append(measured)
                 print(f"[{repeat + 1}/{args.repeats}] {name:12s} {n:5d} clients: {measured}")
 
