@@ -15,6 +15,7 @@ reaches a node depends on the engine:
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -53,14 +54,16 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Me
     return replies
 
 
-def error_summary(reply: Message, limit: int = 300) -> str:
-    """The gist of an error reply: the exception message a ClientApp raised (Flower
-    wraps it in its own exception and, in simulation, Ray's traceback), else the
-    reason's last line. The full reason is in Flower's log."""
-    reason = reply.error.reason.strip().removesuffix("'>")
+def error_summary(reason: str, limit: int = 300) -> str:
+    """The gist of an error reply's reason: the message of the exception a ClientApp
+    raised. Flower reports ``<class 'Type'>:<'message'>``, and in simulation the
+    message is Ray's traceback around Flower's ``... Message: <the message>``;
+    otherwise the reason's last line. The full reason is in Flower's log."""
+    wrapped = re.fullmatch(r"<class '[\w.()]+'>:<'(.*)'>", reason.strip(), re.DOTALL)
+    text = wrapped.group(1) if wrapped else reason
     marker = "Message: "
-    gist = reason.rsplit(marker, 1)[1] if marker in reason else reason.splitlines()[-1]
-    return gist.strip()[:limit]
+    gist = text.rsplit(marker, 1)[1] if marker in text else text.strip().rsplit("\n", 1)[-1]
+    return gist.strip()[:limit] or "no reason given"
 
 
 def _partition_query(node: int) -> Message:

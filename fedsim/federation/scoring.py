@@ -129,7 +129,7 @@ class OnClientScorer(Scorer):
             if reply is None:
                 raise ScoringError(f"client {client} did not reply within {self.timeout:g} s")
             if reply.has_error():
-                raise ScoringError(f"client {client}: {error_summary(reply)}")
+                raise ScoringError(f"client {client}: {error_summary(reply.error.reason)}")
             parts.append(protocol.scores_of(reply.content["scores"]))
         return Scored(parts, None)
 

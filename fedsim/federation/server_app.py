@@ -139,7 +139,10 @@ class AttackedFedAvg(FedAvg):
         """Error replies, and sampled clients with no reply within ``round_timeout``."""
         failures = [
             ClientFailure(
-                server_round, self._sent[m.metadata.src_node_id], "error", error_summary(m)
+                server_round,
+                self._sent[m.metadata.src_node_id],
+                "error",
+                error_summary(m.error.reason),
             )
             for m in replies
             if m.has_error()
