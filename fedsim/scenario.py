@@ -27,7 +27,8 @@ from pydantic import (
 )
 
 from fedsim.models.zoo import ACTIVATIONS, CNN3_PRESETS
-from fedsim.registry import discover, instantiate_defence
+from fedsim.registry import discover, instantiate_attack, instantiate_defence
+from fedsim.threat import KNOWLEDGE, Knowledge, granted_knowledge, knowledge_key, ordered
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,14 +129,29 @@ class FederationConfig(Section):
 
 
 class AttackConfig(Section):
-    """One attacker: a plugin, its position, what it targets, and its parameters."""
+    """One attacker: a plugin, its position, what it targets, what it knows (``knows_*``,
+    unset: the position's default, :data:`fedsim.threat.DEFAULT_KNOWLEDGE`), and its
+    parameters."""
 
     name: str
     position: Literal["server", "participant"] = "server"
     rounds: list[int] | None = Field(None, description="rounds to attack (default: all)")
     max_clients: int = Field(1, ge=1, description="uploads attacked per round (server)")
-    knows_labels: bool = Field(False, description="threat model: the attacker is given the labels")
+    knows_labels: bool | None = None
+    knows_batch_size: bool | None = None
+    knows_local_hyperparameters: bool | None = None
+    knows_model: bool | None = None
+    knows_bn_statistics: bool | None = None
+    knows_surrogate_data: bool | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def knowledge(self) -> frozenset[Knowledge]:
+        """The flags granted to this attacker: the position's defaults, then ``knows_*``."""
+        explicit = {flag: getattr(self, knowledge_key(flag)) for flag in KNOWLEDGE}
+        return granted_knowledge(
+            self.position, {flag: value for flag, value in explicit.items() if value is not None}
+        )
 
 
 class DefenceConfig(Section):
@@ -219,7 +235,13 @@ SECTIONS: dict[str, type[Section]] = {
     "metrics": MetricsConfig,
     "output": OutputConfig,
 }
-RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients", "knows_labels")
+RESERVED_ATTACK_KEYS = (
+    "name",
+    "position",
+    "rounds",
+    "max_clients",
+    *(knowledge_key(flag) for flag in KNOWLEDGE),
+)
 
 
 @dataclass(frozen=True)
@@ -364,9 +386,27 @@ def _validate_point(raw: dict[str, Any], source: str) -> Scenario:
         data[kind] = resolved
     _check_defence_stages(data["defences"], source)
     try:
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise _from_pydantic(exc, source, ()) from None
+    _check_knowledge(scenario, source)
+    return scenario
+
+
+def _check_knowledge(scenario: Scenario, source: str) -> None:
+    """Reject an attack whose threat model lacks knowledge the attack needs."""
+    kind = "gradient" if scenario.federation.protocol == "fedsgd" else "delta"
+    for i, config in enumerate(scenario.attacks):
+        needed = instantiate_attack(config.name, config.params).knowledge_needed(kind)
+        missing = ordered(needed - config.knowledge)
+        if missing:
+            keys = ", ".join(f"{knowledge_key(flag)} = true" for flag in missing)
+            raise ScenarioError(
+                source,
+                ("attacks", i),
+                f"attack {config.name!r} needs knowledge its threat model does not grant: "
+                f"{', '.join(missing)} (set {keys})",
+            )
 
 
 REPLACING_STAGES = ("training", "aggregate")
