@@ -19,6 +19,7 @@ from fedsim.cli import main
 from fedsim.data.datasets import load_photos
 from fedsim.metrics import psnr
 from fedsim.models.zoo import build_model
+from fedsim.results.round_plots import round_rows, save_round_plots
 from fedsim.scenario import expand
 from fedsim.threat import DEFAULT_KNOWLEDGE, sok_class
 
@@ -140,3 +141,31 @@ def test_one_unrolled_step_is_the_gradient() -> None:
     pseudo = unrolled_gradient(model, names, x, probs, LocalSGD(1, 0.05, 1))
     for name, value in zip(names, pseudo, strict=True):
         torch.testing.assert_close(value, -delta[name] / 0.05, rtol=1e-4, atol=1e-5)
+
+
+def test_leakage_over_rounds_table_and_plot(tmp_path: Path) -> None:
+    def record(server_round: int, index: int, value: float) -> dict[str, object]:
+        return {
+            "trial": 0, "round": server_round, "attack_index": index, "attack": f"a{index}",
+            "position": "server", "status": "ok",
+            "metrics": {"psnr": value, "ssim": 0.5, "success": float(value >= 30)},
+        }  # fmt: skip
+
+    results = {
+        "trials": [{"index": 0, "point": {}, "accuracy": {"1": 0.1, "2": 0.4, "3": 0.7}}],
+        "records": [record(1, 0, 40.0), record(1, 0, 20.0), record(3, 0, 12.0), record(1, 1, 9.0)],
+    }
+    rows = round_rows(results)
+    assert [(r["round"], r["attack_index"], r["psnr"], r["records"]) for r in rows] == [
+        (1, 0, 30.0, 2), (1, 1, 9.0, 1), (3, 0, 12.0, 1),
+    ]  # fmt: skip
+    assert [r["test_accuracy"] for r in rows] == [0.1, 0.1, 0.7]
+    plots = save_round_plots(results, tmp_path)
+    assert plots == [{"path": "leakage_rounds.png", "title": "leakage vs round"}]
+    assert (tmp_path / "leakage_rounds.png").stat().st_size > 1000
+    assert (
+        (tmp_path / "rounds.csv")
+        .read_text()
+        .splitlines()[1]
+        .startswith("0,1,0.1,0,a0,server,2,30.0")
+    )
