@@ -91,6 +91,20 @@ class ModelConfig(Section):
     output_activation: Literal[("none", *ACTIVATIONS)] = "none"  # type: ignore[valid-type]
     negative_slope: float = Field(0.01, gt=0.0, lt=1.0, description="leaky_relu slope for z < 0")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = Field(
+        None, description="state dict to start from (torch.load with weights_only=True)"
+    )
+    pretrain_epochs: int = Field(
+        0, ge=0, le=10_000, description="epochs of central SGD on the held-out split before round 1"
+    )
+    pretrain_lr: float = Field(0.1, gt=0.0, description="learning rate of the pre-training")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_file():
+            raise ValueError(f"no checkpoint file {str(value)!r}")
+        return value
 
     @model_validator(mode="after")
     def _known(self) -> ModelConfig:
