@@ -151,6 +151,12 @@ class AttackConfig(Section):
     position: Literal["server", "participant"] = "server"
     rounds: list[int] | None = Field(None, description="rounds to attack (default: all)")
     max_clients: int = Field(1, ge=1, description="uploads attacked per round (server)")
+    participant_client: int | None = Field(
+        None,
+        ge=0,
+        description="participant: its own partition id; it subtracts its own update from the "
+        "aggregate and attacks the others' (in rounds where it took part)",
+    )
     knows_labels: bool | None = None
     knows_batch_size: bool | None = None
     knows_local_hyperparameters: bool | None = None
@@ -238,6 +244,14 @@ class Scenario(Section):
                     f"attacks[{i}].rounds: {bad} outside the federation's rounds "
                     f"1..{self.federation.rounds}"
                 )
+            own = attack.participant_client
+            if own is not None and attack.position != "participant":
+                raise ValueError(f"attacks[{i}].participant_client: needs position = 'participant'")
+            if own is not None and own >= self.federation.num_clients:
+                raise ValueError(
+                    f"attacks[{i}].participant_client: {own} outside the partition ids "
+                    f"0..{self.federation.num_clients - 1}"
+                )
         return self
 
 
@@ -254,6 +268,7 @@ RESERVED_ATTACK_KEYS = (
     "position",
     "rounds",
     "max_clients",
+    "participant_client",
     *(knowledge_key(flag) for flag in KNOWLEDGE),
 )
 
