@@ -427,6 +427,8 @@ def _check_knowledge(scenario: Scenario, source: str) -> None:
     kind = "gradient" if scenario.federation.protocol == "fedsgd" else "delta"
     for i, config in enumerate(scenario.attacks):
         needed = instantiate_attack(config.name, config.params).knowledge_needed(kind)
+        if config.participant_client is not None:
+            needed |= {"batch_size"}  # the clients' example counts weigh FedAvg's mean
         missing = ordered(needed - config.knowledge)
         if missing:
             keys = ", ".join(f"{knowledge_key(flag)} = true" for flag in missing)

@@ -127,3 +127,18 @@ def sok_class(knowledge: Iterable[Knowledge]) -> str | None:
 def sok_class_name(letter: str | None) -> str:
     """``"C (Parameter-Aware Eavesdropper)"`` for ``"C"``; ``"-"`` for ``None``."""
     return "-" if letter is None else f"{letter} ({SOK_CLASSES[letter][0]})"
+
+
+def threat_model_record(
+    position: Position, granted: Iterable[Knowledge], usable: Iterable[Knowledge]
+) -> dict[str, object]:
+    """What a result records of its attacker: position, the granted flags (``knows``), those
+    the attack could use (``uses``: granted and needed or usable), and the SoK class of
+    what it used (:func:`sok_class`)."""
+    used = ordered(set(granted) & set(usable))
+    return {
+        "position": position,
+        "knows": ordered(granted),
+        "uses": used,
+        "sok_class": sok_class(used),
+    }

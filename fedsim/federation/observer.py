@@ -21,13 +21,17 @@ import numpy as np
 import torch
 
 from fedsim.api import Attack, Observation, Reconstruction, Update
+from fedsim.federation.participant import others_update
 from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
 from fedsim.metrics import SUCCESS_PSNR, label_count_accuracy, score_batch
 from fedsim.perceptual import PerceptualMetric, build_perceptual_metric
-from fedsim.registry import discover
+from fedsim.registry import instantiate_attack
 from fedsim.results.images import save_png
 from fedsim.results.store import Record, ResultsStore
 from fedsim.scenario import AttackConfig, DataConfig, PerceptualConfig, Scenario, Trial
+from fedsim.threat import threat_model_record
+
+Truth = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -127,9 +131,8 @@ class AttackTap:
         self.perceptual = perceptual_metric(trial.scenario, data.input_shape[0], device)
         if self.perceptual is not None:
             store.set_trial_info(trial.index, "rel_perceptual_l1", self.perceptual.info)
-        plugins = discover().attacks
         self.attacks = [
-            (i, config, plugins[config.name](plugins[config.name].Params(**config.params)))
+            (i, config, instantiate_attack(config.name, config.params))
             for i, config in enumerate(trial.scenario.attacks)
         ]
 
@@ -168,6 +171,7 @@ class AttackTap:
                     self._record(
                         index,
                         config,
+                        attack,
                         observation,
                         result,
                         truth,
@@ -188,6 +192,7 @@ class AttackTap:
     ) -> list[tuple[Observation, tuple[torch.Tensor, torch.Tensor] | None, dict[str, float]]]:
         fed = self.trial.scenario.federation
         kind = "gradient" if fed.protocol == "fedsgd" else "delta"
+        knowledge = config.knowledge
         common: dict[str, Any] = dict(
             position=config.position,
             round=server_round,
@@ -198,7 +203,15 @@ class AttackTap:
             num_classes=self.data.num_classes,
             lr=fed.lr,
             device=self.device,
+            knowledge=knowledge,
+            local_batch_size=fed.batch_size
+            if kind == "delta" and "local_hyperparameters" in knowledge
+            else None,
         )
+
+        def labels(truth: Truth | None) -> torch.Tensor | None:
+            return truth[1] if "labels" in knowledge and truth is not None else None
+
         if config.position == "server":
             chosen = sorted(uploads, key=lambda u: u.client)[: config.max_clients]
             return [
@@ -209,7 +222,7 @@ class AttackTap:
                         update=u.update,
                         batch_size=u.batch_size,
                         local_steps=u.local_steps,
-                        labels=u.truth[1] if config.knows_labels and u.truth else None,
+                        labels=labels(u.truth),
                         seed=derive_seed(
                             self.trial.scenario.seed, "attack", index, server_round, u.client
                         ),
@@ -219,17 +232,29 @@ class AttackTap:
                 )
                 for u in chosen
             ]
-        truths = [u.truth for u in uploads]
+        observed, update = uploads, aggregate
+        if config.participant_client is not None:
+            own = [u for u in uploads if u.client == config.participant_client]
+            observed = [u for u in uploads if u.client != config.participant_client]
+            if not own or not observed:
+                return []  # the participant did not take part, or took part alone
+            update = others_update(
+                aggregate,
+                own[0].update,
+                own[0].num_examples,
+                sum(u.num_examples for u in uploads),
+            )
+        truths = [u.truth for u in observed]
         truth = None
         if all(t is not None for t in truths):
             truth = (torch.cat([t[0] for t in truths]), torch.cat([t[1] for t in truths]))  # type: ignore[index]
         observation = Observation(
             **common,
-            client_id=None,
-            update=aggregate,
-            batch_size=sum(u.batch_size for u in uploads),
-            local_steps=max(u.local_steps for u in uploads),
-            labels=truth[1] if config.knows_labels and truth else None,
+            client_id=observed[0].client if len(observed) == 1 else None,
+            update=update,
+            batch_size=sum(u.batch_size for u in observed),
+            local_steps=max(u.local_steps for u in observed),
+            labels=labels(truth),
             seed=derive_seed(self.trial.scenario.seed, "attack", index, server_round, "aggregate"),
         )
         return [(observation, truth, aggregate_measurements)]
@@ -238,6 +263,7 @@ class AttackTap:
         self,
         index: int,
         config: AttackConfig,
+        attack: Attack,
         observation: Observation,
         result: Reconstruction,
         truth: tuple[torch.Tensor, torch.Tensor] | None,
@@ -258,6 +284,11 @@ class AttackTap:
             diagnostics=result.diagnostics,
             defence_measurements=defence_measurements(measured),
             attack_seconds=seconds,
+            threat_model=threat_model_record(
+                config.position,
+                config.knowledge,
+                attack.uses | attack.knowledge_needed(observation.kind),
+            ),
         )
         if result.status != "ok" or truth is None:
             return record

@@ -32,6 +32,7 @@ from fedsim.api import Update
 from fedsim.federation.defences import ServerAggregation
 from fedsim.federation.observer import AttackTap, ClientUpload
 from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
+from fedsim.models.start import start_model
 from fedsim.scenario import Scenario
 
 RoundHook = Callable[[int, float], None]
@@ -178,9 +179,16 @@ def make_server_app(
             on_accuracy(server_round, accuracy)
             return MetricRecord({"accuracy": accuracy})
 
+        model, start_info = start_model(
+            tap.factory,
+            scenario.model,
+            tap.data.test,
+            derive_seed(scenario.seed, "pretrain"),
+        )
+        tap.store.set_trial_info(tap.trial.index, "model_start", start_info)
         strategy.start(
             grid=grid,
-            initial_arrays=ArrayRecord.from_torch_state_dict(tap.factory().state_dict()),
+            initial_arrays=ArrayRecord.from_torch_state_dict(model.state_dict()),
             num_rounds=scenario.federation.rounds,
             train_config=ConfigRecord({"share-truth": share_truth}),
             evaluate_fn=evaluate,
