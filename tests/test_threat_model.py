@@ -17,7 +17,10 @@ from fedsim.attacks.gradient_matching import (
 )
 from fedsim.cli import main
 from fedsim.data.datasets import load_photos
+from fedsim.federation.server_app import test_accuracy as accuracy_of
+from fedsim.federation.setup import federated_data, model_factory
 from fedsim.metrics import psnr
+from fedsim.models.start import start_model
 from fedsim.models.zoo import build_model
 from fedsim.results.round_plots import round_rows, save_round_plots
 from fedsim.scenario import expand
@@ -169,3 +172,50 @@ def test_leakage_over_rounds_table_and_plot(tmp_path: Path) -> None:
         .splitlines()[1]
         .startswith("0,1,0.1,0,a0,server,2,30.0")
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "model.checkpoint: no checkpoint file"),
+        (b"not a checkpoint", "model.checkpoint: cannot load checkpoint"),
+        ({"fc.weight": torch.zeros(3)}, "model.checkpoint: checkpoint"),
+    ],
+)
+def test_bad_checkpoint_is_one_line_and_exit_2(
+    content: object, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    if isinstance(content, bytes):
+        checkpoint.write_bytes(content)
+    elif content is not None:
+        torch.save(content, checkpoint)
+    path = tmp_path / "scenario.toml"
+    path.write_text(
+        FEDAVG_DLG.replace("[federation]", f'[model]\ncheckpoint = "{checkpoint}"\n[federation]'),
+        encoding="utf-8",
+    )
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fedsim: {path}: ") and fragment in line
+
+
+def test_model_starts_from_checkpoint_then_pretrains(tmp_path: Path) -> None:
+    raw = {"data": {"dataset": "digits", "image_size": 16}, "federation": {"num_clients": 2}}
+    (trial,) = expand(raw, "x.toml")
+    data = federated_data(trial.scenario)
+    factory = model_factory(trial.scenario, data)
+    saved = factory()
+    torch.nn.init.constant_(saved.fc.bias, 0.25)
+    torch.save(saved.state_dict(), tmp_path / "m.pt")
+    config = trial.scenario.model.model_copy(update={"checkpoint": tmp_path / "m.pt"})
+    model, info = start_model(factory, config, data.test, seed=0)
+    assert torch.equal(model.fc.bias, saved.fc.bias) and info["checkpoint"] == str(
+        tmp_path / "m.pt"
+    )
+    before = accuracy_of(factory, data, factory().state_dict())
+    config = config.model_copy(update={"checkpoint": None, "pretrain_epochs": 20})
+    model, info = start_model(factory, config, data.test, seed=0)
+    after = accuracy_of(factory, data, model.state_dict())
+    assert info["pretrained"]["epochs"] == 20
+    assert after > before + 0.3, (before, after)
