@@ -3,11 +3,11 @@
 For every configured attack it builds the :class:`~fedsim.api.Observation` its
 position allows (``server``: each client's upload; ``participant``: the round's
 aggregate, or with ``participant_client`` the others' update isolated from it),
-runs the plugin, has the result scored against the ground truth (by the :class:`~fedsim.federation.scoring.Scorer`: with the truth that
-travelled separately, or on the clients), saves PNGs and appends a
-:class:`Record`. It also stores the round's defence measurements (what the
-clients and the server's aggregate defence reported: noise, ε) for the sweep
-results.
+runs the plugin, has the result scored against the ground truth (by the
+:class:`~fedsim.federation.scoring.Scorer`: with the truth that travelled
+separately, or on the clients), saves PNGs and appends a :class:`Record`. It
+also stores the round's defence measurements (what the clients and the server's
+aggregate defence reported: noise, ε) for the sweep results.
 """
 
 from __future__ import annotations
