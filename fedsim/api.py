@@ -15,6 +15,7 @@ reconstruction after the attack has returned.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,10 +40,12 @@ from fedsim.analytic.recursive import (
 from fedsim.attacks.gradient_matching import (
     DISTANCES,
     Distance,
+    LocalSGD,
     MatchConfig,
     MatchResult,
     match_gradients,
     total_variation,
+    unrolled_gradient,
 )
 from fedsim.attacks.labels import (
     Head,
@@ -59,9 +62,11 @@ from fedsim.defences.noise import (
     noise_ratio,
     weighted_mean,
 )
+from fedsim.threat import KNOWLEDGE, Knowledge, Position
 
 __all__ = [
     "DISTANCES",
+    "KNOWLEDGE",
     "Attack",
     "AttackParams",
     "BandedCholesky",
@@ -75,12 +80,16 @@ __all__ = [
     "Defence",
     "DefenceParams",
     "Distance",
+    "FedAvgObjective",
     "GaussianAccountant",
     "Head",
+    "Knowledge",
     "Layer",
+    "LocalSGD",
     "LocalTraining",
     "MatchConfig",
     "MatchResult",
+    "MatchingAttack",
     "MatchingParams",
     "Observation",
     "Position",
@@ -102,6 +111,7 @@ __all__ = [
     "invert_linear",
     "labels_from_counts",
     "least_squares_step",
+    "local_sgd",
     "match_gradients",
     "noise_ratio",
     "reconstruct_analytically",
@@ -111,12 +121,9 @@ __all__ = [
     "solve_diagnostics",
     "spatial_major",
     "total_variation",
+    "unrolled_gradient",
     "weighted_mean",
 ]
-
-Position = Literal["server", "participant"]
-"""Where the attacker sits: ``server`` sees every client's upload separately;
-``participant`` sees only the round's aggregate (global model before/after)."""
 
 UpdateKind = Literal["gradient", "delta"]
 """``gradient``: dL/dθ of the mean loss over the batch (FedSGD).
@@ -178,6 +185,12 @@ class Observation:
         seed: seed the attack must use for its randomness.
         labels: the batch's labels when the threat model grants them
             (``knows_labels`` on the attack), else ``None``.
+        knowledge: the threat model's flags granted to this attacker (see
+            :mod:`fedsim.threat`); what is not granted is withheld where the
+            observation can withhold it (``labels``, ``local_batch_size``), and
+            validation has refused attacks that need a flag not granted.
+        local_batch_size: the clients' mini-batch size in local training (FedAvg),
+            when ``local_hyperparameters`` are granted; else ``None``.
     """
 
     position: Position
@@ -195,6 +208,8 @@ class Observation:
     device: torch.device
     seed: int
     labels: torch.Tensor | None = None
+    knowledge: frozenset[Knowledge] = frozenset(KNOWLEDGE)
+    local_batch_size: int | None = None
 
     def model(self) -> nn.Module:
         """A model with the observed starting parameters, on :attr:`device`, in eval mode."""
@@ -251,14 +266,27 @@ class Reconstruction:
 class Attack(ABC):
     """An attacker plugin. Subclasses set the class attributes and implement
     :meth:`reconstruct`; fedsim validates the scenario's parameters against
-    :attr:`Params` and passes the validated instance to ``__init__``."""
+    :attr:`Params` and passes the validated instance to ``__init__``.
+
+    Attributes:
+        needs: the threat-model flags (:data:`Knowledge`) without which the attack
+            cannot run; a scenario that grants fewer fails validation.
+        uses: further flags the attack makes use of when granted (e.g. ``labels``:
+            without them it recovers the labels itself).
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type[AttackParams]] = AttackParams
+    needs: ClassVar[frozenset[Knowledge]] = frozenset({"model"})
+    uses: ClassVar[frozenset[Knowledge]] = frozenset()
 
     def __init__(self, params: AttackParams) -> None:
         self.params = params
+
+    def knowledge_needed(self, kind: UpdateKind) -> frozenset[Knowledge]:
+        """The flags this instance needs to attack an update of ``kind`` (default :attr:`needs`)."""
+        return self.needs
 
     def supports(self, model: nn.Module) -> str | None:
         """``None`` if the attack can run on ``model``, else the reason it cannot."""
@@ -446,6 +474,11 @@ def recover_labels(observation: Observation) -> torch.Tensor:
     return labels_from_counts(counts)
 
 
+FedAvgObjective = Literal["delta_as_gradient", "unrolled"]
+"""How a gradient-matching attack reads a FedAvg weight delta: as the gradient
+``-delta / (lr · steps)``, or by simulating the local SGD steps (:class:`LocalSGD`)."""
+
+
 class MatchingParams(AttackParams):
     """Budget and initialisation shared by the gradient-matching attacks."""
 
@@ -459,20 +492,86 @@ class MatchingParams(AttackParams):
         0.0, ge=0.0, description="stop a restart once the objective is this low"
     )
     max_seconds: float | None = Field(None, gt=0.0, description="wall-time budget (all restarts)")
+    fedavg_objective: FedAvgObjective = Field(
+        "delta_as_gradient",
+        description="FedAvg deltas: matched as the gradient -delta/(lr*steps), or 'unrolled' "
+        "(the client's local SGD steps simulated on the dummy data)",
+    )
 
     def budget(self) -> dict[str, Any]:
-        """These fields as :class:`MatchConfig` keyword arguments."""
-        return self.model_dump(include=set(MatchingParams.model_fields))
+        """The budget fields as :class:`MatchConfig` keyword arguments."""
+        return self.model_dump(include=set(MatchingParams.model_fields) - {"fedavg_objective"})
+
+
+class MatchingAttack(Attack):
+    """Base of the gradient-matching attacks: the threat model they share and their run.
+
+    They need the model and the batch size (the number of dummy images), and on a
+    FedAvg delta the local hyperparameters (the learning rate and steps that scale
+    the delta, and for ``fedavg_objective = "unrolled"`` the local batch size). Given
+    labels they use them; otherwise :attr:`recovers_labels` attacks read them off the
+    head's gradient (:func:`recover_labels`) and the others optimise them.
+    Subclasses implement :meth:`match_config`.
+    """
+
+    needs: ClassVar[frozenset[Knowledge]] = frozenset({"model", "batch_size"})
+    uses: ClassVar[frozenset[Knowledge]] = frozenset({"labels", "local_hyperparameters"})
+    recovers_labels: ClassVar[bool] = True
+
+    def knowledge_needed(self, kind: UpdateKind) -> frozenset[Knowledge]:
+        return self.needs | ({"local_hyperparameters"} if kind == "delta" else set())
+
+    @abstractmethod
+    def match_config(self, observation: Observation) -> MatchConfig:
+        """The engine's configuration for ``observation`` (without ``unroll``)."""
+
+    def reconstruct(self, observation: Observation) -> Reconstruction:
+        params: MatchingParams = self.params  # type: ignore[assignment]
+        labels, source = observation.labels, "given by the threat model (knows_labels)"
+        if labels is None and self.recovers_labels:
+            labels, source = recover_labels(observation), "recovered from the head's gradient"
+        elif labels is None:
+            source = "optimised jointly with the images"
+        result = reconstruct_by_matching(
+            observation, self.match_config(observation), labels, params.fedavg_objective
+        )
+        result.diagnostics["label_source"] = source
+        return result
+
+
+def local_sgd(observation: Observation) -> LocalSGD:
+    """The client's local training as the observation describes it (FedAvg).
+
+    The local batch size is :attr:`Observation.local_batch_size`, or the whole
+    batch when it is withheld.
+    """
+    return LocalSGD(
+        steps=observation.local_steps,
+        lr=observation.lr,
+        batch_size=observation.local_batch_size or observation.batch_size,
+    )
+
+
+DELTA_AS_GRADIENT = "weight delta treated as gradient: -delta / (lr * steps)"
 
 
 def reconstruct_by_matching(
-    observation: Observation, config: MatchConfig, labels: torch.Tensor | None = None
+    observation: Observation,
+    config: MatchConfig,
+    labels: torch.Tensor | None = None,
+    fedavg_objective: FedAvgObjective = "delta_as_gradient",
 ) -> Reconstruction:
     """Run :func:`match_gradients` on ``observation`` and wrap the result.
 
     With ``labels`` (e.g. from :func:`recover_labels`) only images are optimised
-    and the labels are recorded in the diagnostics as ``recovered_labels``.
+    and the labels are recorded in the diagnostics as ``recovered_labels``. A
+    FedAvg delta is matched as a gradient, or with ``fedavg_objective =
+    "unrolled"`` through the simulated local steps (:func:`local_sgd`); the record
+    says which in ``diagnostics.gradient_source``.
     """
+    local = local_sgd(observation) if observation.kind == "delta" else None
+    if local is not None and fedavg_objective == "unrolled":
+        config = dataclasses.replace(config, unroll=local)
     result = match_gradients(
         observation.model(), observation.gradient_estimate(),
         input_shape=observation.input_shape, batch_size=observation.batch_size,
@@ -482,8 +581,13 @@ def reconstruct_by_matching(
     diagnostics: dict[str, Any] = result.diagnostics()
     if labels is not None:
         diagnostics["recovered_labels"] = labels.tolist()
-    if observation.kind == "delta":
-        diagnostics["gradient_source"] = "weight delta treated as gradient: -delta / (lr * steps)"
+    if config.unroll is not None:
+        diagnostics["gradient_source"] = (
+            f"weight delta matched by unrolling {config.unroll.steps} local SGD steps "
+            f"(lr {config.unroll.lr:g}, local batch {config.unroll.batch_size})"
+        )
+    elif local is not None:
+        diagnostics["gradient_source"] = DELTA_AS_GRADIENT
     if result.images is None:
         return Reconstruction.failed(result.failure, **diagnostics)
     return Reconstruction(result.images, result.labels, diagnostics=diagnostics)
@@ -524,7 +628,7 @@ def reconstruct_analytically(
         "clipped_before_inversion": inversion.clipped,
     }
     if observation.kind == "delta":
-        diagnostics["gradient_source"] = "weight delta treated as gradient: -delta / (lr * steps)"
+        diagnostics["gradient_source"] = DELTA_AS_GRADIENT
     if observation.labels is not None:
         labels = observation.labels.detach().cpu().long()
         diagnostics["label_source"] = "given by the threat model (knows_labels)"

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -100,6 +101,8 @@ def _plugins(console: Console) -> int:
                 for field, info in cls.Params.model_fields.items()
             )
             summary = cls.summary
+            if kind == "attacks":
+                summary += "\n" + _knowledge_summary(cls)
             if kind == "defences":
                 summary += "\nacts at: " + " or ".join(STAGE_NAMES[s] for s in cls.stages)
                 summary += "\nformal guarantee: " + (
@@ -107,9 +110,44 @@ def _plugins(console: Console) -> int:
                 )
             table.add_row(name, summary, params or "-")
         console.print(table)
+    console.print(_threat_defaults())
     for where, error in found.broken.items():
         console.print(f"[red]could not load plugin {where}:[/] {error}")
     return EXIT_OK
+
+
+def _knowledge_summary(cls: type) -> str:
+    """An attack's needed and usable threat-model flags, for ``fedsim plugins``."""
+    from fedsim.threat import ordered
+
+    attack = cls(cls.Params())
+    on_gradient = attack.knowledge_needed("gradient")
+    on_delta = attack.knowledge_needed("delta") - on_gradient
+    needs = ", ".join(ordered(on_gradient)) or "-"
+    if on_delta:
+        needs += f" (+ {', '.join(ordered(on_delta))} on FedAvg deltas)"
+    uses = ", ".join(ordered(cls.uses - on_gradient - on_delta)) or "-"
+    return f"needs: {needs}\nuses if known: {uses}"
+
+
+def _threat_defaults() -> Table:
+    """What each attacker position knows by default (scenario keys ``knows_<flag>``)."""
+    from fedsim.threat import DEFAULT_KNOWLEDGE, KNOWLEDGE, KNOWLEDGE_DESCRIPTIONS, knowledge_key
+
+    table = Table(
+        title=escape("threat model: what an attacker knows by default ([[attacks]] keys)")
+    )
+    table.add_column("key")
+    table.add_column("what")
+    for position in DEFAULT_KNOWLEDGE:
+        table.add_column(position)
+    for flag in KNOWLEDGE:
+        table.add_row(
+            knowledge_key(flag),
+            KNOWLEDGE_DESCRIPTIONS[flag],
+            *("yes" if flag in known else "no" for known in DEFAULT_KNOWLEDGE.values()),
+        )
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,6 +70,12 @@ def discover() -> Plugins:
     return Plugins(attacks, defences, broken)
 
 
+def instantiate_attack(name: str, params: Mapping[str, Any]) -> Attack:
+    """An attack plugin ``name`` built with ``params`` (validated by its ``Params``)."""
+    cls = discover().attacks[name]
+    return cls(cls.Params(**params))
+
+
 def instantiate_defence(name: str, params: Mapping[str, Any]) -> Defence:
     """A defence plugin ``name`` built with ``params`` (validated by its ``Params``)."""
     cls = discover().defences[name]

@@ -32,9 +32,11 @@ from fedsim.audit.runner import ScenarioAudit, audit_scenario, audits_json
 from fedsim.data.datasets import DataError
 from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
 from fedsim.federation.setup import federated_data, model_factory
+from fedsim.models.start import CheckpointError, load_checkpoint
 from fedsim.registry import instantiate_defence
 from fedsim.results.images import save_grid
 from fedsim.results.plots import save_loss_curves
+from fedsim.results.round_plots import save_round_plots
 from fedsim.results.store import ResultsStore, atomic_write
 from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
@@ -72,6 +74,11 @@ def preflight(trials: list[Trial], source: str) -> None:
             model = model_factory(scenario, data)()
         except (ValueError, TypeError) as exc:
             raise ScenarioError(source, ("model",), str(exc)) from None
+        if scenario.model.checkpoint is not None:
+            try:
+                load_checkpoint(model, scenario.model.checkpoint.expanduser())
+            except CheckpointError as exc:
+                raise ScenarioError(source, ("model", "checkpoint"), str(exc)) from None
         for i, config in enumerate(scenario.defences):
             reason = instantiate_defence(config.name, config.params).supports(model)
             if reason:
@@ -201,7 +208,7 @@ def _write_scenario(run_dir: Path, path: Path, overrides: list[str], raw: Any,
 
 
 def write_outputs(store: ResultsStore, run_dir: Path) -> None:
-    """The PNGs, ``sweep.csv`` and the ``plots`` list of ``results.json``."""
+    """The PNGs, ``sweep.csv``, ``rounds.csv`` and the ``plots`` list of ``results.json``."""
     plots = []
     save_grid(grid_rows(store.data), run_dir, run_dir / "grid.png")
     if (run_dir / "grid.png").is_file():
@@ -210,6 +217,7 @@ def write_outputs(store: ResultsStore, run_dir: Path) -> None:
         plots.append({"path": "loss_curves.png", "title": "attack loss curves"})
     atomic_write(run_dir / "sweep.csv", sweep_csv(store.data))
     plots += save_sweep_plots(store.data, run_dir)
+    plots += save_round_plots(store.data, run_dir)
     store.set_plots(plots)
 
 

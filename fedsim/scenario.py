@@ -27,7 +27,8 @@ from pydantic import (
 )
 
 from fedsim.models.zoo import ACTIVATIONS, CNN3_PRESETS
-from fedsim.registry import discover, instantiate_defence
+from fedsim.registry import discover, instantiate_attack, instantiate_defence
+from fedsim.threat import KNOWLEDGE, Knowledge, granted_knowledge, knowledge_key, ordered
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,6 +91,20 @@ class ModelConfig(Section):
     output_activation: Literal[("none", *ACTIVATIONS)] = "none"  # type: ignore[valid-type]
     negative_slope: float = Field(0.01, gt=0.0, lt=1.0, description="leaky_relu slope for z < 0")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = Field(
+        None, description="state dict to start from (torch.load with weights_only=True)"
+    )
+    pretrain_epochs: int = Field(
+        0, ge=0, le=10_000, description="epochs of central SGD on the held-out split before round 1"
+    )
+    pretrain_lr: float = Field(0.1, gt=0.0, description="learning rate of the pre-training")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_file():
+            raise ValueError(f"no checkpoint file {str(value)!r}")
+        return value
 
     @model_validator(mode="after")
     def _known(self) -> ModelConfig:
@@ -131,17 +146,38 @@ class FederationConfig(Section):
 
 
 class AttackConfig(Section):
-    """One attacker: a plugin, its position, what it targets, and its parameters."""
+    """One attacker: a plugin, its position, what it targets, what it knows (``knows_*``,
+    unset: the position's default, :data:`fedsim.threat.DEFAULT_KNOWLEDGE`), and its
+    parameters."""
 
     name: str
     position: Literal["server", "participant"] = "server"
     rounds: list[int] | None = Field(None, description="rounds to attack (default: all)")
     max_clients: int = Field(1, ge=1, description="uploads attacked per round (server)")
-    knows_labels: bool = Field(False, description="threat model: the attacker is given the labels")
     clients: list[int] | None = Field(
         None, min_length=1, description="partition ids to attack when sampled (default: any)"
     )
+    participant_client: int | None = Field(
+        None,
+        ge=0,
+        description="participant: its own partition id; it subtracts its own update from the "
+        "aggregate and attacks the others' (in rounds where it took part)",
+    )
+    knows_labels: bool | None = None
+    knows_batch_size: bool | None = None
+    knows_local_hyperparameters: bool | None = None
+    knows_model: bool | None = None
+    knows_bn_statistics: bool | None = None
+    knows_surrogate_data: bool | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def knowledge(self) -> frozenset[Knowledge]:
+        """The flags granted to this attacker: the position's defaults, then ``knows_*``."""
+        explicit = {flag: getattr(self, knowledge_key(flag)) for flag in KNOWLEDGE}
+        return granted_knowledge(
+            self.position, {flag: value for flag, value in explicit.items() if value is not None}
+        )
 
 
 class DefenceConfig(Section):
@@ -252,6 +288,14 @@ class Scenario(Section):
                     f"attacks[{i}].clients: {bad} outside the partition ids "
                     f"0..{fed.num_clients - 1}"
                 )
+            own = attack.participant_client
+            if own is not None and attack.position != "participant":
+                raise ValueError(f"attacks[{i}].participant_client: needs position = 'participant'")
+            if own is not None and own >= fed.num_clients:
+                raise ValueError(
+                    f"attacks[{i}].participant_client: {own} outside the partition ids "
+                    f"0..{fed.num_clients - 1}"
+                )
         return self
 
 
@@ -264,7 +308,15 @@ SECTIONS: dict[str, type[Section]] = {
     "simulation": SimulationConfig,
     "output": OutputConfig,
 }
-RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients", "clients", "knows_labels")
+RESERVED_ATTACK_KEYS = (
+    "name",
+    "position",
+    "rounds",
+    "max_clients",
+    "clients",
+    "participant_client",
+    *(knowledge_key(flag) for flag in KNOWLEDGE),
+)
 
 
 @dataclass(frozen=True)
@@ -409,9 +461,29 @@ def _validate_point(raw: dict[str, Any], source: str) -> Scenario:
         data[kind] = resolved
     _check_defence_stages(data["defences"], source)
     try:
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise _from_pydantic(exc, source, ()) from None
+    _check_knowledge(scenario, source)
+    return scenario
+
+
+def _check_knowledge(scenario: Scenario, source: str) -> None:
+    """Reject an attack whose threat model lacks knowledge the attack needs."""
+    kind = "gradient" if scenario.federation.protocol == "fedsgd" else "delta"
+    for i, config in enumerate(scenario.attacks):
+        needed = instantiate_attack(config.name, config.params).knowledge_needed(kind)
+        if config.participant_client is not None:
+            needed |= {"batch_size"}  # the clients' example counts weigh FedAvg's mean
+        missing = ordered(needed - config.knowledge)
+        if missing:
+            keys = ", ".join(f"{knowledge_key(flag)} = true" for flag in missing)
+            raise ScenarioError(
+                source,
+                ("attacks", i),
+                f"attack {config.name!r} needs knowledge its threat model does not grant: "
+                f"{', '.join(missing)} (set {keys})",
+            )
 
 
 REPLACING_STAGES = ("training", "aggregate")

@@ -153,6 +153,7 @@ def tv_denoise(weight: float):
 class COPA(Attack):
     name = "copa"
     summary = "COPA: per-layer combined weight/gradient objective with pull-back; optional TV."
+    uses = frozenset({"labels", "batch_size"})
     Params = COPAParams
 
     def reconstruct(self, observation: Observation) -> Reconstruction:

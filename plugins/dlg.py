@@ -17,8 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from fedsim.api import Attack, MatchConfig, MatchingParams, Observation, Reconstruction
-from fedsim.api import reconstruct_by_matching as run
+from fedsim.api import MatchConfig, MatchingAttack, MatchingParams, Observation
 
 
 class DLGParams(MatchingParams):
@@ -33,14 +32,14 @@ class DLGParams(MatchingParams):
     history_size: int = Field(200, ge=1, le=10_000, description="L-BFGS memory")
 
 
-class DLG(Attack):
+class DLG(MatchingAttack):
     name = "dlg"
     summary = "Deep Leakage from Gradients: L-BFGS on dummy images and soft labels, L2 distance."
     Params = DLGParams
+    recovers_labels = False  # labels are optimised jointly unless the threat model grants them
 
-    def reconstruct(self, observation: Observation) -> Reconstruction:
-        p: DLGParams = self.params  # type: ignore[assignment]
-        return run(observation, config(p))
+    def match_config(self, observation: Observation) -> MatchConfig:
+        return config(self.params)  # type: ignore[arg-type]
 
 
 ITERATIONS_PER_STEP = 20

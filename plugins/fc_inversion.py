@@ -15,6 +15,7 @@ from fedsim.api import Attack, Observation, Reconstruction, reconstruct_analytic
 class FCInversion(Attack):
     name = "fc_inversion"
     summary = "Closed-form input of fully-connected layers (bias trick, Lemma A.1); MLPs, batch 1."
+    uses = frozenset({"labels", "batch_size"})
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         return reconstruct_analytically(observation, conv_solver=None)

@@ -26,15 +26,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from fedsim.api import (
-    Attack,
-    MatchConfig,
-    MatchingParams,
-    Observation,
-    Reconstruction,
-    recover_labels,
-)
-from fedsim.api import reconstruct_by_matching as run
+from fedsim.api import MatchConfig, MatchingAttack, MatchingParams, Observation
 
 
 class InvertingGradientsParams(MatchingParams):
@@ -47,15 +39,14 @@ class InvertingGradientsParams(MatchingParams):
     signed: bool = Field(False, description="step on the sign of the image gradient (paper)")
 
 
-class InvertingGradients(Attack):
+class InvertingGradients(MatchingAttack):
     name = "inverting_gradients"
     summary = "Inverting Gradients: cosine distance + total variation, Adam, restarts."
     Params = InvertingGradientsParams
 
-    def reconstruct(self, observation: Observation) -> Reconstruction:
+    def match_config(self, observation: Observation) -> MatchConfig:
         p: InvertingGradientsParams = self.params  # type: ignore[assignment]
-        config = MatchConfig(
+        return MatchConfig(
             distance="cosine", optimizer="adam", tv_weight=p.tv_weight, clamp=True,
             signed=p.signed, lr_schedule="cosine", **p.budget(),
         )  # fmt: skip
-        return run(observation, config, recover_labels(observation))

@@ -38,6 +38,7 @@ class RGAP(Attack):
     summary = (
         "R-GAP: recursive closed-form inversion, least squares on weight + gradient constraints."
     )
+    uses = frozenset({"labels", "batch_size"})
     Params = RGAPParams
 
     def reconstruct(self, observation: Observation) -> Reconstruction:

@@ -68,16 +68,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from fedsim.api import (
-    Attack,
-    Distance,
-    MatchConfig,
-    MatchingParams,
-    Observation,
-    Reconstruction,
-    recover_labels,
-)
-from fedsim.api import reconstruct_by_matching as run
+from fedsim.api import Distance, MatchConfig, MatchingAttack, MatchingParams, Observation
 
 Constraint = Literal["projection", "clip", "penalty"]
 CriticKind = Literal["linear", "mlp"]
@@ -270,14 +261,13 @@ class WDLGParams(MatchingParams):
         return self
 
 
-class WDLG(Attack):
+class WDLG(MatchingAttack):
     name = "wdlg"
     summary = "WDLG: recovered labels, Wasserstein-1 gradient distance (KR critic or exact 1-D)."
     Params = WDLGParams
 
-    def reconstruct(self, observation: Observation) -> Reconstruction:
-        p: WDLGParams = self.params  # type: ignore[assignment]
-        return run(observation, config(p, observation.seed), recover_labels(observation))
+    def match_config(self, observation: Observation) -> MatchConfig:
+        return config(self.params, observation.seed)  # type: ignore[arg-type]
 
 
 def config(params: WDLGParams, seed: int) -> MatchConfig:

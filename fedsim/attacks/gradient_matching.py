@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from fedsim.attacks.labels import find_head
 
@@ -96,6 +97,27 @@ DISTANCES: dict[str, DistanceFactory] = {
 
 
 @dataclass(frozen=True)
+class LocalSGD:
+    """A client's local training, as the unrolled objective simulates it.
+
+    ``steps`` plain SGD steps of learning rate ``lr`` (the client's optimiser, no
+    momentum) on mini-batches of ``batch_size`` taken in order from the dummy
+    samples, wrapping round after the last one (a new epoch). The client shuffles
+    its shard every epoch; the attacker does not know that order. Within one epoch
+    the order costs nothing (the dummy samples are free), so the simulation is exact
+    when the shard fits one mini-batch or the client ran a single epoch.
+    """
+
+    steps: int
+    lr: float
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"local SGD needs steps ≥ 1, batch_size ≥ 1 and lr > 0, got {self}")
+
+
+@dataclass(frozen=True)
 class MatchConfig:
     """How to search for the dummy batch.
 
@@ -125,6 +147,12 @@ class MatchConfig:
             for one sample exactly the true class). Needs a linear head with
             ``num_classes`` outputs among the matched parameters.
         label_boost: logit added to the classes ``gradient_sign`` picks.
+        unroll: ``None`` matches the dummy batch's gradient to the target (FedSGD, or a
+            FedAvg delta treated as a gradient). A :class:`LocalSGD` matches instead the
+            simulated local training's pseudo-gradient ``(θ₀ − θ_T) / (lr · T)`` (the
+            unrolled objective for FedAvg updates; the target must be
+            ``-delta / (lr · T)``, what :meth:`Observation.gradient_estimate` returns).
+            With one step the two coincide.
         conv_backend: CPU convolutions through PyTorch's default (oneDNN when built in),
             ``native`` (oneDNN off: ATen's im2col kernels, far cheaper for tiny
             convolutions such as LeNet's double backward) or ``auto`` (time a few
@@ -149,6 +177,7 @@ class MatchConfig:
     line_search: Literal["strong_wolfe"] | None = None
     label_init: LabelInit = "random"
     label_boost: float = 5.0
+    unroll: LocalSGD | None = None
     conv_backend: ConvBackend = "default"
 
 
@@ -204,6 +233,35 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+def unrolled_gradient(
+    model: nn.Module,
+    names: list[str],
+    images: torch.Tensor,
+    probs: torch.Tensor,
+    local: LocalSGD,
+) -> list[torch.Tensor]:
+    """The pseudo-gradient ``(θ₀ − θ_T) / (lr · T)`` of ``local``'s SGD steps on a batch.
+
+    Differentiable with respect to ``images`` and ``probs`` (the graph is kept):
+    every step runs the model functionally (:func:`torch.func.functional_call`) on
+    the current parameters, starting from ``model``'s own. Returns one tensor per
+    name in ``names`` (parameters of ``model``).
+    """
+    start = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    theta = dict(start)
+    per_epoch = math.ceil(len(images) / local.batch_size)
+    for step in range(local.steps):
+        first = (step % per_epoch) * local.batch_size
+        batch = slice(first, first + local.batch_size)
+        logits = functional_call(model, {**theta, **buffers}, (images[batch],))
+        loss = soft_cross_entropy(logits, probs[batch])
+        grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
+        theta = {k: v - local.lr * g for (k, v), g in zip(theta.items(), grads, strict=True)}
+    scale = 1.0 / (local.lr * local.steps)
+    return [(start[k] - theta[k]) * scale for k in names]
+
+
 class _Objective:
     """The optimiser's closure: distance (+ prior) of the dummy batch; sets the
     leaves' ``.grad``. Only the dummy leaves get gradients, never the model."""
@@ -211,23 +269,31 @@ class _Objective:
     def __init__(
         self,
         model: nn.Module,
-        params: list[torch.Tensor],
+        matched: _Matched,
         distance: Distance,
         x: torch.Tensor,
         y: torch.Tensor,
         soft_labels: bool,
         config: MatchConfig,
     ) -> None:
-        self.model, self.params, self.distance = model, params, distance
+        self.model, self.matched, self.distance = model, matched, distance
         self.x, self.y, self.soft_labels, self.config = x, y, soft_labels, config
         self.leaves = [x, y] if soft_labels else [x]
         self.calls = 0
 
+    def dummy_gradient(self, probs: torch.Tensor) -> list[torch.Tensor]:
+        """What the dummy batch would upload, on the target's scale (kept in the graph)."""
+        if self.config.unroll is not None:
+            return unrolled_gradient(
+                self.model, self.matched.names, self.x, probs, self.config.unroll
+            )
+        loss = soft_cross_entropy(self.model(self.x), probs)
+        return list(torch.autograd.grad(loss, self.matched.params, create_graph=True))
+
     def __call__(self) -> torch.Tensor:
         self.calls += 1
         probs = F.softmax(self.y, dim=-1) if self.soft_labels else self.y
-        loss = soft_cross_entropy(self.model(self.x), probs)
-        objective = self.distance(list(torch.autograd.grad(loss, self.params, create_graph=True)))
+        objective = self.distance(self.dummy_gradient(probs))
         if self.config.tv_weight:
             objective = objective + self.config.tv_weight * total_variation(self.x)
         grads = torch.autograd.grad(objective, self.leaves)
@@ -371,12 +437,14 @@ def match_gradients(
             backend = "default"
         else:
             # Time the objective at a throwaway start point (a fresh distance: some keep state).
-            params, targets, make_distance = _matched(model, target, config)
+            matched = _matched(model, target, config)
             x, y = _dummy_batch(
                 config, (batch_size, *input_shape), num_classes, labels, model, target,
-                torch.Generator().manual_seed(seed), params[0].device,
+                torch.Generator().manual_seed(seed), matched.params[0].device,
             )  # fmt: skip
-            probe = _Objective(model, params, make_distance(targets), x, y, labels is None, config)
+            probe = _Objective(
+                model, matched, matched.distance(matched.targets), x, y, labels is None, config
+            )
             backend, evaluations = _time_backends(probe)
     with _onednn(torch.backends.mkldnn.enabled and backend != "native"):
         result = _match(
@@ -387,10 +455,18 @@ def match_gradients(
     return result
 
 
-def _matched(
-    model: nn.Module, target: Mapping[str, torch.Tensor], config: MatchConfig
-) -> tuple[list[torch.Tensor], list[torch.Tensor], DistanceFactory]:
-    """The matched parameters and targets, in the model's parameter order, and the distance."""
+@dataclass(frozen=True)
+class _Matched:
+    """The matched parameters (names and tensors, in the model's order), their
+    targets, and the distance factory."""
+
+    names: list[str]
+    params: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    distance: DistanceFactory
+
+
+def _matched(model: nn.Module, target: Mapping[str, torch.Tensor], config: MatchConfig) -> _Matched:
     named = dict(model.named_parameters())
     unknown = sorted(set(target) - set(named))
     if unknown:
@@ -401,7 +477,7 @@ def _matched(
     make_distance = (
         DISTANCES[config.distance] if isinstance(config.distance, str) else config.distance
     )
-    return params, targets, make_distance
+    return _Matched(names, params, targets, make_distance)
 
 
 def _match(
@@ -415,8 +491,8 @@ def _match(
     seed: int,
     on_step: StepCallback | None,
 ) -> MatchResult:
-    params, targets, make_distance = _matched(model, target, config)
-    device = params[0].device
+    matched = _matched(model, target, config)
+    device = matched.params[0].device
 
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -432,7 +508,9 @@ def _match(
             config, (batch_size, *input_shape), num_classes, labels, model, target, generator,
             device,
         )  # fmt: skip
-        closure = _Objective(model, params, make_distance(targets), x, y, labels is None, config)
+        closure = _Objective(
+            model, matched, matched.distance(matched.targets), x, y, labels is None, config
+        )
         optimizer = _optimizer(closure.leaves, config)
         scheduler = _scheduler(optimizer, config)
         curve: list[float] = []

@@ -2,12 +2,12 @@
 
 For every configured attack it builds the :class:`~fedsim.api.Observation` its
 position allows (``server``: each client's upload; ``participant``: the round's
-aggregate), runs the plugin, has the result scored against the ground truth
-(by the :class:`~fedsim.federation.scoring.Scorer`: with the truth that
-travelled separately, or on the clients), saves PNGs and appends a
-:class:`Record`. It also stores the round's defence measurements (what the
-clients and the server's aggregate defence reported: noise, ε) for the sweep
-results.
+aggregate, or with ``participant_client`` the others' update isolated from it),
+runs the plugin, has the result scored against the ground truth (by the
+:class:`~fedsim.federation.scoring.Scorer`: with the truth that travelled
+separately, or on the clients), saves PNGs and appends a :class:`Record`. It
+also stores the round's defence measurements (what the clients and the server's
+aggregate defence reported: noise, ε) for the sweep results.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ import numpy as np
 import torch
 
 from fedsim.api import Attack, Observation, Reconstruction, Update
+from fedsim.federation.participant import others_update
 from fedsim.federation.scoring import Scorer, ScoringError, Truth
 from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
 from fedsim.metrics import SUCCESS_PSNR, match_scores
 from fedsim.perceptual import PerceptualMetric, build_perceptual_metric
-from fedsim.registry import discover
+from fedsim.registry import instantiate_attack
 from fedsim.results.images import save_png
 from fedsim.results.store import Record, ResultsStore
 from fedsim.scenario import AttackConfig, DataConfig, PerceptualConfig, Scenario, Trial
+from fedsim.threat import threat_model_record
 
 
 @dataclass(frozen=True)
@@ -132,9 +134,8 @@ class AttackTap:
         if self.perceptual is not None:
             store.set_trial_info(trial.index, "rel_perceptual_l1", self.perceptual.info)
         self.scorer = scorer
-        plugins = discover().attacks
         self.attacks = [
-            (i, config, plugins[config.name](plugins[config.name].Params(**config.params)))
+            (i, config, instantiate_attack(config.name, config.params))
             for i, config in enumerate(trial.scenario.attacks)
         ]
 
@@ -173,6 +174,7 @@ class AttackTap:
                     self._record(
                         index,
                         config,
+                        attack,
                         observation,
                         result,
                         holders,
@@ -195,6 +197,7 @@ class AttackTap:
         measurements."""
         fed = self.trial.scenario.federation
         kind = "gradient" if fed.protocol == "fedsgd" else "delta"
+        knowledge = config.knowledge
         common: dict[str, Any] = dict(
             position=config.position,
             round=server_round,
@@ -205,7 +208,15 @@ class AttackTap:
             num_classes=self.data.num_classes,
             lr=fed.lr,
             device=self.device,
+            knowledge=knowledge,
+            local_batch_size=fed.batch_size
+            if kind == "delta" and "local_hyperparameters" in knowledge
+            else None,
         )
+
+        def labels(truth: Truth | None) -> torch.Tensor | None:
+            return truth[1] if "labels" in knowledge and truth is not None else None
+
         if config.position == "server":
             targets = [u for u in uploads if config.clients is None or u.client in config.clients]
             chosen = sorted(targets, key=lambda u: u.client)[: config.max_clients]
@@ -217,7 +228,7 @@ class AttackTap:
                         update=u.update,
                         batch_size=u.batch_size,
                         local_steps=u.local_steps,
-                        labels=u.truth[1] if config.knows_labels and u.truth else None,
+                        labels=labels(u.truth),
                         seed=derive_seed(
                             self.trial.scenario.seed, "attack", index, server_round, u.client
                         ),
@@ -227,25 +238,38 @@ class AttackTap:
                 )
                 for u in chosen
             ]
-        truths = [u.truth for u in uploads]
-        labels = None
-        if config.knows_labels and all(t is not None for t in truths):
-            labels = torch.cat([t[1] for t in truths])  # type: ignore[index]
+        observed, update = uploads, aggregate
+        if config.participant_client is not None:
+            own = [u for u in uploads if u.client == config.participant_client]
+            observed = [u for u in uploads if u.client != config.participant_client]
+            if not own or not observed:
+                return []  # the participant did not take part, or took part alone
+            update = others_update(
+                aggregate,
+                own[0].update,
+                own[0].num_examples,
+                sum(u.num_examples for u in uploads),
+            )
+        truths = [u.truth for u in observed]
+        known = None
+        if "labels" in knowledge and all(t is not None for t in truths):
+            known = torch.cat([t[1] for t in truths])  # type: ignore[index]
         observation = Observation(
             **common,
-            client_id=None,
-            update=aggregate,
-            batch_size=sum(u.batch_size for u in uploads),
-            local_steps=max(u.local_steps for u in uploads),
-            labels=labels,
+            client_id=observed[0].client if len(observed) == 1 else None,
+            update=update,
+            batch_size=sum(u.batch_size for u in observed),
+            local_steps=max(u.local_steps for u in observed),
+            labels=known,
             seed=derive_seed(self.trial.scenario.seed, "attack", index, server_round, "aggregate"),
         )
-        return [(observation, uploads, aggregate_measurements)]
+        return [(observation, observed, aggregate_measurements)]
 
     def _record(
         self,
         index: int,
         config: AttackConfig,
+        attack: Attack,
         observation: Observation,
         result: Reconstruction,
         holders: list[ClientUpload],
@@ -266,6 +290,11 @@ class AttackTap:
             diagnostics=result.diagnostics,
             defence_measurements=defence_measurements(measured),
             attack_seconds=seconds,
+            threat_model=threat_model_record(
+                config.position,
+                config.knowledge,
+                attack.uses | attack.knowledge_needed(observation.kind),
+            ),
         )
         if result.status != "ok":
             return record

@@ -48,6 +48,8 @@ CSV_COLUMNS = (
     "psnr_255",
     "attack_seconds",
     "iterations",
+    "sok_class",
+    "knows",
 )
 
 
@@ -59,6 +61,7 @@ class Record:
     ``psnr_peak``, and ``rel_perceptual_l1`` when ``[metrics.perceptual]`` is set:
     ``None`` if unavailable, the trial says why); ``images`` holds one entry per
     reconstructed image (its scores and the relative paths of its PNGs).
+    ``threat_model`` is :func:`fedsim.threat.threat_model_record` of the attacker.
     """
 
     trial: int
@@ -76,6 +79,7 @@ class Record:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     defence_measurements: dict[str, float] = field(default_factory=dict)
     attack_seconds: float = 0.0
+    threat_model: dict[str, Any] = field(default_factory=dict)
 
 
 WORST_CASE_KEYS = ("epsilon", "delta")
@@ -305,6 +309,8 @@ class ResultsStore:
                 **rec["metrics"],
                 "point": json.dumps(rec["point"]),
                 "iterations": rec["diagnostics"].get("iterations"),
+                "sok_class": rec.get("threat_model", {}).get("sok_class"),
+                "knows": " ".join(rec.get("threat_model", {}).get("knows", [])),
             }
             writer.writerow(row)
         return out.getvalue()

@@ -15,6 +15,7 @@ COLUMNS = {
     "point": "sweep point",
     "attack": "attack",
     "position": "position",
+    "threat": "threat (SoK)",
     "ok": "ok",
     "success": "success",
     "psnr": "PSNR dB",
@@ -80,6 +81,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "attack": mine[0]["attack"],
                     "attack_index": index,
                     "position": mine[0]["position"],
+                    "threat": threat_summary(mine[0].get("threat_model", {})),
                     "ok": f"{len(ok)}/{len(mine)}",
                     "success": _mean([(r["metrics"] or {}).get("success", 0.0) for r in mine]),
                     **{
@@ -96,6 +98,13 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def threat_summary(threat_model: dict[str, Any]) -> str:
+    """``"C: labels, model, …"``: the SoK class and the flags the attack used; ``-`` if unknown."""
+    if not threat_model:
+        return "-"
+    return f"{threat_model.get('sok_class') or '-'}: {', '.join(threat_model.get('uses', []))}"
 
 
 def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
