@@ -36,6 +36,7 @@ from fedsim.analytic.recursive import (
     least_squares_step,
     solve_diagnostics,
 )
+from fedsim.analytic.spectrum import top_right_singular_vectors
 from fedsim.attacks.gradient_matching import (
     DISTANCES,
     Distance,
@@ -110,6 +111,7 @@ __all__ = [
     "solve_conv_input",
     "solve_diagnostics",
     "spatial_major",
+    "top_right_singular_vectors",
     "total_variation",
     "weighted_mean",
 ]
