@@ -42,6 +42,7 @@ from fedsim.attacks.gradient_matching import (
     Distance,
     MatchConfig,
     MatchResult,
+    Regulariser,
     match_gradients,
     total_variation,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "Observation",
     "Position",
     "Reconstruction",
+    "Regulariser",
     "Stage",
     "Status",
     "TrainingResult",
@@ -180,6 +182,11 @@ class Observation:
         seed: seed the attack must use for its randomness.
         labels: the batch's labels when the threat model grants them
             (``knows_labels`` on the attack), else ``None``.
+        training_regulariser: the clients' loss beyond the mean cross-entropy,
+            known to the server because it sets the training plan: called with a
+            model (e.g. :meth:`model`'s) it returns ``images -> scalar`` on that
+            model, so that a simulated gradient is that of cross-entropy + this
+            term, like the upload. ``None`` for standard training.
     """
 
     position: Position
@@ -197,6 +204,7 @@ class Observation:
     device: torch.device
     seed: int
     labels: torch.Tensor | None = None
+    training_regulariser: Callable[[nn.Module], Regulariser] | None = None
 
     def model(self) -> nn.Module:
         """A model with the observed starting parameters, on :attr:`device`, in eval mode."""
@@ -473,15 +481,21 @@ def reconstruct_by_matching(
     """Run :func:`match_gradients` on ``observation`` and wrap the result.
 
     With ``labels`` (e.g. from :func:`recover_labels`) only images are optimised
-    and the labels are recorded in the diagnostics as ``recovered_labels``.
+    and the labels are recorded in the diagnostics as ``recovered_labels``. When
+    the observation carries the clients' :attr:`~Observation.training_regulariser`,
+    the simulated gradient includes it.
     """
+    model = observation.model()
+    known = observation.training_regulariser
     result = match_gradients(
-        observation.model(), observation.gradient_estimate(),
+        model, observation.gradient_estimate(),
         input_shape=observation.input_shape, batch_size=observation.batch_size,
         num_classes=observation.num_classes, labels=labels, config=config,
-        seed=observation.seed,
+        seed=observation.seed, regulariser=None if known is None else known(model),
     )  # fmt: skip
     diagnostics: dict[str, Any] = result.diagnostics()
+    if known is not None:
+        diagnostics["training_loss"] = "cross-entropy + the clients' regulariser (known)"
     if labels is not None:
         diagnostics["recovered_labels"] = labels.tolist()
     if observation.kind == "delta":
@@ -498,15 +512,22 @@ def reconstruct_analytically(
 ) -> Reconstruction:
     """Run the top-down recursion (:func:`invert_chain`) on one sample's update.
 
-    Returns ``unsupported`` (never raises) for a batch larger than one or a model
-    that is not a supported chain. The label is recovered with the iDLG rule
-    unless the observation carries labels. ``postprocess`` maps the ``(1, C, H, W)``
-    image in [0, 1] to a new one (e.g. denoising).
+    Returns ``unsupported`` (never raises) for a batch larger than one, a model
+    that is not a supported chain, or clients whose loss has a term beyond
+    cross-entropy (racecar training: the layer constraints assume it has none).
+    The label is recovered with the iDLG rule unless the observation carries
+    labels. ``postprocess`` maps the ``(1, C, H, W)`` image in [0, 1] to a new one
+    (e.g. denoising).
     """
     if observation.batch_size != 1:
         return Reconstruction.unsupported(
             f"analytic attacks here reconstruct a single image; this update comes from a batch of "
             f"{observation.batch_size}"
+        )
+    if observation.training_regulariser is not None:
+        return Reconstruction.unsupported(
+            "the clients' loss has a term beyond cross-entropy (racecar training); the closed "
+            "form assumes dJ/dW = (dJ/dz) x^T, which that term breaks"
         )
     model = observation.model()
     try:

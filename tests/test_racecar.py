@@ -18,7 +18,7 @@ from fedsim.analytic.spectrum import top_right_singular_vectors
 from fedsim.data.datasets import load_digits
 from fedsim.metrics import score_batch
 from fedsim.models.zoo import build_model
-from fedsim.training.racecar import VARIANTS, RacecarObjective, layer_weights, racecar_pass
+from fedsim.training.racecar import VARIANTS, RacecarTerm, layer_weights, racecar_pass
 
 SHAPE = (3, 32, 32)
 MODELS = {
@@ -94,7 +94,7 @@ def test_loss_vanishes_exactly_for_orthogonal_layers(variant: str) -> None:
 def test_unsupported_models_and_bad_lambdas_are_refused() -> None:
     pooled = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 2))
     with pytest.raises(UnsupportedModel, match=r"'1' \(MaxPool2d\).*pooling"):
-        RacecarObjective(pooled, (1, 8, 8), "full", 1.0)
+        RacecarTerm(pooled, (1, 8, 8), "full", 1.0)
     with pytest.raises(ValueError, match="lambdas has 2 entries; the model has 4"):
         layer_weights([1.0, 2.0], 4)
     assert layer_weights(0.5, 3) == (0.5, 0.5, 0.5)
@@ -124,7 +124,7 @@ def train_single_layer(images: torch.Tensor, racecar: bool) -> nn.Module:
     """Two images, two labels, 500 Adam steps; racecar with λ = 1 (full variant)."""
     torch.manual_seed(0)
     model = single_layer()
-    objective = RacecarObjective(model, (1, 28, 28), "full", 1.0)
+    objective = RacecarTerm(model, (1, 28, 28), "full", 1.0).objective
     labels = torch.tensor([0, 1])
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(500):

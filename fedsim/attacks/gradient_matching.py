@@ -33,6 +33,8 @@ StepCallback = Callable[[int, torch.Tensor], "bool | None"]
 """``on_step(step, images)`` of :func:`match_gradients`: called after every optimiser
 step with the 0-based step index and the current dummy images (detached, not
 clamped); returning ``True`` stops the search."""
+Regulariser = Callable[[torch.Tensor], torch.Tensor]
+"""``(B, C, H, W)`` images → a scalar added to the cross-entropy (the clients' extra loss)."""
 
 
 class Distance(ABC):
@@ -217,9 +219,11 @@ class _Objective:
         y: torch.Tensor,
         soft_labels: bool,
         config: MatchConfig,
+        regulariser: Regulariser | None = None,
     ) -> None:
         self.model, self.params, self.distance = model, params, distance
         self.x, self.y, self.soft_labels, self.config = x, y, soft_labels, config
+        self.regulariser = regulariser
         self.leaves = [x, y] if soft_labels else [x]
         self.calls = 0
 
@@ -227,6 +231,8 @@ class _Objective:
         self.calls += 1
         probs = F.softmax(self.y, dim=-1) if self.soft_labels else self.y
         loss = soft_cross_entropy(self.model(self.x), probs)
+        if self.regulariser is not None:
+            loss = loss + self.regulariser(self.x)
         objective = self.distance(list(torch.autograd.grad(loss, self.params, create_graph=True)))
         if self.config.tv_weight:
             objective = objective + self.config.tv_weight * total_variation(self.x)
@@ -341,6 +347,7 @@ def match_gradients(
     config: MatchConfig = MatchConfig(),
     seed: int = 0,
     on_step: StepCallback | None = None,
+    regulariser: Regulariser | None = None,
 ) -> MatchResult:
     """Search for a dummy batch whose gradient matches ``target``.
 
@@ -359,6 +366,9 @@ def match_gradients(
         on_step: optional :data:`StepCallback`, called after every optimiser step
             of every restart; returning ``True`` ends the search as if the loss
             threshold had been reached (the current restart is scored as usual).
+        regulariser: the clients' loss beyond cross-entropy as a function of the
+            images, built on ``model`` (e.g. racecar training's); the dummy
+            gradient is then that of cross-entropy + regulariser, like the upload.
 
     Raises:
         KeyError: ``target`` names a parameter the model lacks.
@@ -376,12 +386,15 @@ def match_gradients(
                 config, (batch_size, *input_shape), num_classes, labels, model, target,
                 torch.Generator().manual_seed(seed), params[0].device,
             )  # fmt: skip
-            probe = _Objective(model, params, make_distance(targets), x, y, labels is None, config)
+            probe = _Objective(
+                model, params, make_distance(targets), x, y, labels is None, config, regulariser
+            )
             backend, evaluations = _time_backends(probe)
     with _onednn(torch.backends.mkldnn.enabled and backend != "native"):
         result = _match(
-            model, target, input_shape, batch_size, num_classes, labels, config, seed, on_step
-        )
+            model, target, input_shape, batch_size, num_classes, labels, config, seed, on_step,
+            regulariser,
+        )  # fmt: skip
     result.evaluations += evaluations
     result.conv_backend = backend
     return result
@@ -414,6 +427,7 @@ def _match(
     config: MatchConfig,
     seed: int,
     on_step: StepCallback | None,
+    regulariser: Regulariser | None,
 ) -> MatchResult:
     params, targets, make_distance = _matched(model, target, config)
     device = params[0].device
@@ -432,7 +446,9 @@ def _match(
             config, (batch_size, *input_shape), num_classes, labels, model, target, generator,
             device,
         )  # fmt: skip
-        closure = _Objective(model, params, make_distance(targets), x, y, labels is None, config)
+        closure = _Objective(
+            model, params, make_distance(targets), x, y, labels is None, config, regulariser
+        )
         optimizer = _optimizer(closure.leaves, config)
         scheduler = _scheduler(optimizer, config)
         curve: list[float] = []

@@ -31,6 +31,7 @@ from fedsim.registry import discover
 from fedsim.results.images import save_png
 from fedsim.results.store import Record, ResultsStore
 from fedsim.scenario import AttackConfig, DataConfig, PerceptualConfig, Scenario, Trial
+from fedsim.training.objective import known_regulariser
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ class AttackTap:
             num_classes=self.data.num_classes,
             lr=fed.lr,
             device=self.device,
+            training_regulariser=known_regulariser(fed, self.data.input_shape),
         )
         if config.position == "server":
             targets = [u for u in uploads if config.clients is None or u.client in config.clients]

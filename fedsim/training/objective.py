@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.scenario import FederationConfig
-from fedsim.training.racecar import RacecarObjective
+from fedsim.training.racecar import RacecarRegulariser, RacecarTerm
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(images (B, C, H, W), labels (B,))`` → the scalar loss of the batch."""
@@ -27,9 +27,24 @@ def training_objective(
     """
     if federation.training == "racecar":
         config = federation.racecar
-        return RacecarObjective(model, input_shape, config.variant, config.lambdas)
+        return RacecarTerm(model, input_shape, config.variant, config.lambdas).objective
 
     def cross_entropy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(x), y)
 
     return cross_entropy
+
+
+def known_regulariser(
+    federation: FederationConfig, input_shape: tuple[int, int, int]
+) -> RacecarRegulariser | None:
+    """The clients' loss beyond cross-entropy, as the server (which sets the training
+    plan) knows it: ``None`` for standard training."""
+    if federation.training != "racecar":
+        return None
+    lambdas = federation.racecar.lambdas
+    return RacecarRegulariser(
+        input_shape,
+        federation.racecar.variant,
+        tuple(lambdas) if isinstance(lambdas, list) else lambdas,
+    )

@@ -99,9 +99,9 @@ def racecar_pass(chain: Chain, x: torch.Tensor, variant: Variant) -> RacecarPass
     return RacecarPass(output, tuple(forward), tuple(reverse), terms)
 
 
-class RacecarObjective:
-    """Cross-entropy plus the racecar loss for one model (the model's own modules,
-    so gradients reach its parameters).
+class RacecarTerm:
+    """The racecar loss ``Σ_m λ_m · term_m`` of one model (the model's own modules, so
+    gradients reach its parameters); :meth:`objective` adds the mean cross-entropy.
 
     Args:
         model: a conv/linear chain mapping ``(B, *input_shape)`` to ``(B, num_classes)``.
@@ -126,11 +126,33 @@ class RacecarObjective:
         self.variant = variant
         self.lambdas = layer_weights(lambdas, len(self.chain.layers))
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of a batch: mean cross-entropy + Σ λ_m · term_m."""
+    def _weighted(self, result: RacecarPass) -> torch.Tensor:
+        weights = torch.as_tensor(
+            self.lambdas, dtype=result.terms.dtype, device=result.terms.device
+        )
+        return (weights * result.terms).sum()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The racecar loss of the batch ``x`` (``(B, C, H, W)``), a scalar."""
+        return self._weighted(racecar_pass(self.chain, x, self.variant))
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch: mean cross-entropy + the racecar loss (one pass)."""
         result = racecar_pass(self.chain, x, self.variant)
-        weights = torch.as_tensor(self.lambdas, dtype=result.terms.dtype, device=x.device)
-        return F.cross_entropy(result.output, y) + (weights * result.terms).sum()
+        return F.cross_entropy(result.output, y) + self._weighted(result)
+
+
+@dataclass(frozen=True)
+class RacecarRegulariser:
+    """Builds :class:`RacecarTerm` for a given model: what a server that set the
+    clients' training plan knows of their loss beyond cross-entropy (picklable)."""
+
+    input_shape: tuple[int, int, int]
+    variant: Variant
+    lambdas: float | tuple[float, ...]
+
+    def __call__(self, model: nn.Module) -> RacecarTerm:
+        return RacecarTerm(model, self.input_shape, self.variant, self.lambdas)
 
 
 def layer_weights(lambdas: float | Sequence[float], num_layers: int) -> tuple[float, ...]:
@@ -161,8 +183,9 @@ def check_racecar_model(model: nn.Module, input_shape: tuple[int, int, int]) -> 
 
 __all__ = [
     "VARIANTS",
-    "RacecarObjective",
     "RacecarPass",
+    "RacecarRegulariser",
+    "RacecarTerm",
     "UnsupportedModel",
     "Variant",
     "check_racecar_model",
