@@ -37,12 +37,14 @@ from fedsim.analytic.recursive import (
     least_squares_step,
     solve_diagnostics,
 )
+from fedsim.analytic.spectrum import top_right_singular_vectors
 from fedsim.attacks.gradient_matching import (
     DISTANCES,
     Distance,
     LocalSGD,
     MatchConfig,
     MatchResult,
+    Regulariser,
     match_gradients,
     total_variation,
     unrolled_gradient,
@@ -94,6 +96,7 @@ __all__ = [
     "Observation",
     "Position",
     "Reconstruction",
+    "Regulariser",
     "Stage",
     "Status",
     "TrainingResult",
@@ -120,6 +123,7 @@ __all__ = [
     "solve_conv_input",
     "solve_diagnostics",
     "spatial_major",
+    "top_right_singular_vectors",
     "total_variation",
     "unrolled_gradient",
     "weighted_mean",
@@ -191,6 +195,11 @@ class Observation:
             validation has refused attacks that need a flag not granted.
         local_batch_size: the clients' mini-batch size in local training (FedAvg),
             when ``local_hyperparameters`` are granted; else ``None``.
+        training_regulariser: the clients' loss beyond the mean cross-entropy,
+            known to the server because it sets the training plan: called with a
+            model (e.g. :meth:`model`'s) it returns ``images -> scalar`` on that
+            model, so that a simulated gradient is that of cross-entropy + this
+            term, like the upload. ``None`` for standard training.
     """
 
     position: Position
@@ -210,6 +219,7 @@ class Observation:
     labels: torch.Tensor | None = None
     knowledge: frozenset[Knowledge] = frozenset(KNOWLEDGE)
     local_batch_size: int | None = None
+    training_regulariser: Callable[[nn.Module], Regulariser] | None = None
 
     def model(self) -> nn.Module:
         """A model with the observed starting parameters, on :attr:`device`, in eval mode."""
@@ -567,18 +577,30 @@ def reconstruct_by_matching(
     and the labels are recorded in the diagnostics as ``recovered_labels``. A
     FedAvg delta is matched as a gradient, or with ``fedavg_objective =
     "unrolled"`` through the simulated local steps (:func:`local_sgd`); the record
-    says which in ``diagnostics.gradient_source``.
+    says which in ``diagnostics.gradient_source``. When the observation carries
+    the clients' :attr:`~Observation.training_regulariser`, the simulated gradient
+    includes it (not yet in the unrolled objective, which then says so as
+    ``unsupported``).
     """
     local = local_sgd(observation) if observation.kind == "delta" else None
+    known = observation.training_regulariser
     if local is not None and fedavg_objective == "unrolled":
+        if known is not None:
+            return Reconstruction.unsupported(
+                "the unrolled FedAvg objective does not simulate the clients' extra "
+                "training term (racecar); use fedavg_objective = 'delta_as_gradient'"
+            )
         config = dataclasses.replace(config, unroll=local)
+    model = observation.model()
     result = match_gradients(
-        observation.model(), observation.gradient_estimate(),
+        model, observation.gradient_estimate(),
         input_shape=observation.input_shape, batch_size=observation.batch_size,
         num_classes=observation.num_classes, labels=labels, config=config,
-        seed=observation.seed,
+        seed=observation.seed, regulariser=None if known is None else known(model),
     )  # fmt: skip
     diagnostics: dict[str, Any] = result.diagnostics()
+    if known is not None:
+        diagnostics["training_loss"] = "cross-entropy + the clients' regulariser (known)"
     if labels is not None:
         diagnostics["recovered_labels"] = labels.tolist()
     if config.unroll is not None:
@@ -600,15 +622,22 @@ def reconstruct_analytically(
 ) -> Reconstruction:
     """Run the top-down recursion (:func:`invert_chain`) on one sample's update.
 
-    Returns ``unsupported`` (never raises) for a batch larger than one or a model
-    that is not a supported chain. The label is recovered with the iDLG rule
-    unless the observation carries labels. ``postprocess`` maps the ``(1, C, H, W)``
-    image in [0, 1] to a new one (e.g. denoising).
+    Returns ``unsupported`` (never raises) for a batch larger than one, a model
+    that is not a supported chain, or clients whose loss has a term beyond
+    cross-entropy (racecar training: the layer constraints assume it has none).
+    The label is recovered with the iDLG rule unless the observation carries
+    labels. ``postprocess`` maps the ``(1, C, H, W)`` image in [0, 1] to a new one
+    (e.g. denoising).
     """
     if observation.batch_size != 1:
         return Reconstruction.unsupported(
             f"analytic attacks here reconstruct a single image; this update comes from a batch of "
             f"{observation.batch_size}"
+        )
+    if observation.training_regulariser is not None:
+        return Reconstruction.unsupported(
+            "the clients' loss has a term beyond cross-entropy (racecar training); the closed "
+            "form assumes dJ/dW = (dJ/dz) x^T, which that term breaks"
         )
     model = observation.model()
     try:

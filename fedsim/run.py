@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 
 from fedsim.audit.render import print_audit
 from fedsim.audit.runner import ScenarioAudit, audit_scenario, audits_json
@@ -41,7 +42,8 @@ from fedsim.results.store import ResultsStore, atomic_write
 from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
 from fedsim.results.table import POINT_COLUMNS, point_rows, rich_table, short_point, summarise
-from fedsim.scenario import ScenarioError, Trial, format_path, load
+from fedsim.scenario import Scenario, ScenarioError, Trial, format_path, load
+from fedsim.training.racecar import UnsupportedModel, check_racecar_model, layer_weights
 
 MAX_GRID_ROWS = 40
 
@@ -62,6 +64,8 @@ def preflight(trials: list[Trial], source: str) -> None:
             scenario.data.model_dump_json()
             + scenario.model.model_dump_json()
             + str((scenario.federation.num_clients, scenario.seed))
+            + scenario.federation.training
+            + scenario.federation.racecar.model_dump_json()
         )
         if key in seen:
             continue
@@ -79,6 +83,7 @@ def preflight(trials: list[Trial], source: str) -> None:
                 load_checkpoint(model, scenario.model.checkpoint.expanduser())
             except CheckpointError as exc:
                 raise ScenarioError(source, ("model", "checkpoint"), str(exc)) from None
+        _check_training(scenario, model, data.input_shape, source)
         for i, config in enumerate(scenario.defences):
             reason = instantiate_defence(config.name, config.params).supports(model)
             if reason:
@@ -97,6 +102,23 @@ def preflight(trials: list[Trial], source: str) -> None:
                 ("federation", "batch_size"),
                 f"{fed.batch_size} exceeds the smallest client shard ({smallest} samples)",
             )
+
+
+def _check_training(
+    scenario: Scenario, model: nn.Module, input_shape: tuple[int, int, int], source: str
+) -> None:
+    """Racecar training needs a conv/linear chain and one λ per layer (or a single one)."""
+    fed = scenario.federation
+    if fed.training != "racecar":
+        return
+    try:
+        layers = check_racecar_model(model, input_shape)
+    except UnsupportedModel as exc:
+        raise ScenarioError(source, ("model",), f"racecar training: {exc}") from None
+    try:
+        layer_weights(fed.racecar.lambdas, layers)
+    except ValueError as exc:
+        raise ScenarioError(source, ("federation", "racecar", "lambdas"), str(exc)) from None
 
 
 def new_run_dir(out: Path | None, base: Path, name: str) -> Path:

@@ -121,8 +121,32 @@ class ModelConfig(Section):
         return self
 
 
+class RacecarConfig(Section):
+    """Racecar training's reverse pass (:mod:`fedsim.training.racecar`)."""
+
+    variant: Literal["full", "layerwise"] = Field(
+        "full", description="reverse pass chained from the output, or each layer on its own"
+    )
+    lambdas: float | list[float] = Field(
+        1e-3,
+        description="λ per conv/linear layer from the input upwards, or one for all "
+        "(terms are squared L2 norms summed over features: LeNet diverges at 0.1)",
+    )
+
+    @field_validator("lambdas")
+    @classmethod
+    def _non_negative(cls, value: float | list[float]) -> float | list[float]:
+        if min(value if isinstance(value, list) else [value], default=0.0) < 0:
+            raise ValueError("lambdas must be non-negative")
+        return value
+
+
 class FederationConfig(Section):
-    """The Flower federation: clients, rounds and local training."""
+    """The Flower federation: clients, rounds and local training.
+
+    ``training`` is the clients' objective: ``standard`` (cross-entropy) or
+    ``racecar`` (cross-entropy plus the racecar loss of ``[federation.racecar]``).
+    """
 
     num_clients: int = Field(4, ge=1, le=1_000_000)
     clients_per_round: int = Field(1, ge=1)
@@ -134,6 +158,8 @@ class FederationConfig(Section):
     round_timeout: float = Field(
         3600.0, gt=0.0, description="seconds the server waits for a round's replies"
     )
+    training: Literal["standard", "racecar"] = "standard"
+    racecar: RacecarConfig = Field(default_factory=RacecarConfig)
 
     @model_validator(mode="after")
     def _fits(self) -> FederationConfig:
@@ -459,7 +485,17 @@ def _validate_point(raw: dict[str, Any], source: str) -> Scenario:
                 raise _from_pydantic(exc, source, (kind, i)) from None
             resolved.append({**head, "params": checked.model_dump(mode="json")})
         data[kind] = resolved
-    _check_defence_stages(data["defences"], source)
+    stages = _check_defence_stages(data["defences"], source)
+    federation = data.get("federation", {})
+    racecar = isinstance(federation, dict) and federation.get("training") == "racecar"
+    if racecar and "training" in stages:
+        i = stages["training"]
+        raise ScenarioError(
+            source,
+            ("federation", "training"),
+            f"racecar training cannot be combined with defences[{i}] "
+            f"({data['defences'][i]['name']}), which runs the clients' training itself",
+        )
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
@@ -490,8 +526,9 @@ REPLACING_STAGES = ("training", "aggregate")
 """Stages whose defence replaces a step (local training, FedAvg's mean): one defence each."""
 
 
-def _check_defence_stages(defences: list[dict[str, Any]], source: str) -> None:
-    """Reject two defences that would both replace local training, or both the aggregation."""
+def _check_defence_stages(defences: list[dict[str, Any]], source: str) -> dict[str, int]:
+    """Reject two defences that would both replace local training, or both the aggregation;
+    return the index of the defence at each replacing stage present."""
     seen: dict[str, int] = {}
     for i, entry in enumerate(defences):
         stage = instantiate_defence(entry["name"], entry["params"]).stage
@@ -505,6 +542,7 @@ def _check_defence_stages(defences: list[dict[str, Any]], source: str) -> None:
                 "already does",
             )
         seen[stage] = i
+    return seen
 
 
 def _from_pydantic(exc: ValidationError, source: str, prefix: KeyPath) -> ScenarioError:

@@ -108,6 +108,34 @@ class Layer:
     def geometry(self) -> ConvGeometry:
         return ConvGeometry.of(self.module, self.input_shape)  # type: ignore[arg-type]
 
+    def weight_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``M x``: the layer without its bias, ``(B, *input_shape)`` → ``(B, *output)``."""
+        module = self.module
+        if self.kind == "linear":
+            return x @ module.weight.T
+        assert isinstance(module, nn.Conv2d)
+        return F.conv2d(x, module.weight, None, module.stride, module.padding)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``Mᵀ y``: the transpose of :meth:`weight_map`, ``(B, *output)`` → ``(B, *input_shape)``.
+
+        For a conv layer, the transposed convolution with the same weights,
+        stride and padding, its ``output_padding`` chosen to restore the input size.
+        """
+        module = self.module
+        if self.kind == "linear":
+            return y @ module.weight
+        assert isinstance(module, nn.Conv2d)
+        stride, padding, kernel = module.stride, module.padding, module.kernel_size
+        size = self.input_shape[1:]
+        output_padding = tuple(
+            size[i] - ((y.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + kernel[i])  # type: ignore[index,operator]
+            for i in range(2)
+        )
+        return F.conv_transpose2d(
+            y, module.weight, stride=stride, padding=padding, output_padding=output_padding
+        )
+
 
 @dataclass(frozen=True)
 class Chain:

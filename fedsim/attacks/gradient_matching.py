@@ -34,6 +34,8 @@ StepCallback = Callable[[int, torch.Tensor], "bool | None"]
 """``on_step(step, images)`` of :func:`match_gradients`: called after every optimiser
 step with the 0-based step index and the current dummy images (detached, not
 clamped); returning ``True`` stops the search."""
+Regulariser = Callable[[torch.Tensor], torch.Tensor]
+"""``(B, C, H, W)`` images → a scalar added to the cross-entropy (the clients' extra loss)."""
 
 
 class Distance(ABC):
@@ -275,9 +277,11 @@ class _Objective:
         y: torch.Tensor,
         soft_labels: bool,
         config: MatchConfig,
+        regulariser: Regulariser | None = None,
     ) -> None:
         self.model, self.matched, self.distance = model, matched, distance
         self.x, self.y, self.soft_labels, self.config = x, y, soft_labels, config
+        self.regulariser = regulariser
         self.leaves = [x, y] if soft_labels else [x]
         self.calls = 0
 
@@ -288,6 +292,8 @@ class _Objective:
                 self.model, self.matched.names, self.x, probs, self.config.unroll
             )
         loss = soft_cross_entropy(self.model(self.x), probs)
+        if self.regulariser is not None:
+            loss = loss + self.regulariser(self.x)
         return list(torch.autograd.grad(loss, self.matched.params, create_graph=True))
 
     def __call__(self) -> torch.Tensor:
@@ -407,6 +413,7 @@ def match_gradients(
     config: MatchConfig = MatchConfig(),
     seed: int = 0,
     on_step: StepCallback | None = None,
+    regulariser: Regulariser | None = None,
 ) -> MatchResult:
     """Search for a dummy batch whose gradient matches ``target``.
 
@@ -425,6 +432,9 @@ def match_gradients(
         on_step: optional :data:`StepCallback`, called after every optimiser step
             of every restart; returning ``True`` ends the search as if the loss
             threshold had been reached (the current restart is scored as usual).
+        regulariser: the clients' loss beyond cross-entropy as a function of the
+            images, built on ``model`` (e.g. racecar training's); the dummy
+            gradient is then that of cross-entropy + regulariser, like the upload.
 
     Raises:
         KeyError: ``target`` names a parameter the model lacks.
@@ -443,13 +453,21 @@ def match_gradients(
                 torch.Generator().manual_seed(seed), matched.params[0].device,
             )  # fmt: skip
             probe = _Objective(
-                model, matched, matched.distance(matched.targets), x, y, labels is None, config
+                model,
+                matched,
+                matched.distance(matched.targets),
+                x,
+                y,
+                labels is None,
+                config,
+                regulariser,
             )
             backend, evaluations = _time_backends(probe)
     with _onednn(torch.backends.mkldnn.enabled and backend != "native"):
         result = _match(
-            model, target, input_shape, batch_size, num_classes, labels, config, seed, on_step
-        )
+            model, target, input_shape, batch_size, num_classes, labels, config, seed, on_step,
+            regulariser,
+        )  # fmt: skip
     result.evaluations += evaluations
     result.conv_backend = backend
     return result
@@ -490,6 +508,7 @@ def _match(
     config: MatchConfig,
     seed: int,
     on_step: StepCallback | None,
+    regulariser: Regulariser | None,
 ) -> MatchResult:
     matched = _matched(model, target, config)
     device = matched.params[0].device
@@ -509,7 +528,14 @@ def _match(
             device,
         )  # fmt: skip
         closure = _Objective(
-            model, matched, matched.distance(matched.targets), x, y, labels is None, config
+            model,
+            matched,
+            matched.distance(matched.targets),
+            x,
+            y,
+            labels is None,
+            config,
+            regulariser,
         )
         optimizer = _optimizer(closure.leaves, config)
         scheduler = _scheduler(optimizer, config)

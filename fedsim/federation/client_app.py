@@ -23,7 +23,6 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -33,22 +32,23 @@ from fedsim.federation.defences import ClientDefences
 from fedsim.federation.setup import derive_seed, federated_data, model_factory
 from fedsim.metrics import pair_scores
 from fedsim.scenario import Scenario
+from fedsim.training.objective import Objective, training_objective
 
 
-def _fedsgd(task: LocalTraining) -> TrainingResult:
+def _fedsgd(task: LocalTraining, objective: Objective) -> TrainingResult:
     n = len(task.labels)
     if task.batch_size > n:
         raise ValueError(f"batch_size {task.batch_size} exceeds the client's {n} samples")
     idx = torch.randperm(n, generator=task.generator)[: task.batch_size]
     x, y = task.images[idx], task.labels[idx]
-    loss = F.cross_entropy(task.model(x), y)
+    loss = objective(x, y)
     names, params = zip(*task.model.named_parameters(), strict=True)
     grads = torch.autograd.grad(loss, params)
     gradient = {n: g.detach() for n, g in zip(names, grads, strict=True)}
     return TrainingResult(gradient, loss.item(), 1, (x, y), len(y))
 
 
-def _fedavg(task: LocalTraining) -> TrainingResult:
+def _fedavg(task: LocalTraining, objective: Objective) -> TrainingResult:
     model, x, y = task.model, task.images, task.labels
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=task.lr)
@@ -58,7 +58,7 @@ def _fedavg(task: LocalTraining) -> TrainingResult:
         for start in range(0, len(y), task.batch_size):
             idx = order[start : start + task.batch_size]
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = objective(x[idx], y[idx])
             loss.backward()
             optimizer.step()
             steps += 1
@@ -125,7 +125,8 @@ def local_update(
         result = trainer.defence.train(task)
         result.measurements = trainer.prefixed(result.measurements)
     else:
-        result = _fedsgd(task) if fed.protocol == "fedsgd" else _fedavg(task)
+        objective = training_objective(fed, model, data.input_shape)
+        result = (_fedsgd if fed.protocol == "fedsgd" else _fedavg)(task, objective)
     x, y = result.batch
     metrics: dict[str, float] = {
         "num-examples": result.num_examples,

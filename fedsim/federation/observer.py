@@ -33,6 +33,7 @@ from fedsim.results.images import save_png
 from fedsim.results.store import Record, ResultsStore
 from fedsim.scenario import AttackConfig, DataConfig, PerceptualConfig, Scenario, Trial
 from fedsim.threat import threat_model_record
+from fedsim.training.objective import known_regulariser
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,9 @@ class AttackTap:
             knowledge=knowledge,
             local_batch_size=fed.batch_size
             if kind == "delta" and "local_hyperparameters" in knowledge
+            else None,
+            training_regulariser=known_regulariser(fed, self.data.input_shape)
+            if "local_hyperparameters" in knowledge
             else None,
         )
 

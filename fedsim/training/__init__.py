@@ -1,0 +1,1 @@
+"""Clients' local training regimes beyond plain cross-entropy (racecar training)."""
