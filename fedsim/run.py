@@ -28,7 +28,7 @@ from fedsim.data.datasets import DataError
 from fedsim.federation.setup import federated_data, model_factory
 from fedsim.registry import instantiate_defence
 from fedsim.results.images import save_grid
-from fedsim.results.plots import save_loss_curves
+from fedsim.results.plots import save_accuracy_curves, save_loss_curves
 from fedsim.results.store import ResultsStore, atomic_write
 from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
@@ -200,6 +200,8 @@ def write_outputs(store: ResultsStore, run_dir: Path) -> None:
         plots.append({"path": "grid.png", "title": "originals beside reconstructions"})
     if save_loss_curves(store.data["records"], run_dir / "loss_curves.png"):
         plots.append({"path": "loss_curves.png", "title": "attack loss curves"})
+    if save_accuracy_curves(store.data["trials"], run_dir / "accuracy.png"):
+        plots.append({"path": "accuracy.png", "title": "test accuracy per round"})
     atomic_write(run_dir / "sweep.csv", sweep_csv(store.data))
     plots += save_sweep_plots(store.data, run_dir)
     store.set_plots(plots)
