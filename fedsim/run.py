@@ -7,7 +7,8 @@ shows rounds and attacks. ``results.json`` is rewritten atomically after every
 record, so an interrupted run leaves valid results for what finished, and
 ``--resume RUN_DIR`` finishes it: points that completed are not run again,
 and a scenario that no longer gives the same points is refused. The run ends
-with ``sweep.csv``, the sweep plots and the summary tables.
+with ``sweep.csv``, the sweep plots, the summary tables and ``report.html``
+(a report that cannot be built is a warning: the results are already saved).
 """
 
 from __future__ import annotations
@@ -207,6 +208,22 @@ def write_outputs(store: ResultsStore, run_dir: Path) -> None:
     store.set_plots(plots)
 
 
+def write_report_or_warn(run_dir: Path, console: Console) -> None:
+    """Write ``report.html``; if that fails, say so and go on: the results are saved."""
+    from fedsim.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except Exception as exc:  # the page is derived from saved results; never lose a run for it
+        console.print(
+            f"[yellow]warning:[/] report.html not written ({type(exc).__name__}: {exc}); the "
+            f"results are saved; retry with: fedsim report {run_dir}",
+            highlight=False,
+        )
+        return
+    console.print(f"report: {path}", highlight=False)
+
+
 def run_scenario(
     path: Path,
     overrides: list[str],
@@ -284,7 +301,10 @@ def run_scenario(
                     store.finish_trial(trial["index"], "interrupted", "stopped by the user")
     store.data["wall_seconds"] = store.data.get("wall_seconds", 0.0) + time.perf_counter() - started
     store.close(status)
-    write_outputs(store, run_dir)
+    try:
+        write_outputs(store, run_dir)
+    finally:
+        write_report_or_warn(run_dir, console)
     console.print(rich_table(summarise(store.data), title=f"{first.name}: {status}"))
     console.print(rich_table(point_rows(store.data), title="sweep points", shown=POINT_COLUMNS))
     for reason in sorted(unavailable_metrics(store.data)):

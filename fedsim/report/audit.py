@@ -23,24 +23,57 @@ def audit_block(audit: dict[str, Any]) -> Html:
     if audit.get("point", "-") != "-":
         title += f" [{audit['point']}]"
     rows = [
-        [f"{a['index']} {a['name']}: {a['conv']}", a["n"], a["z"], a["w"], a["rank"], a["count"],
-         a["deficit"], f"{a['weight']:.2f}", f"{a['contribution']:.1f}"]
+        [
+            f"{a['index']} {a['name']}: {a['conv']}",
+            a["n"],
+            a["z"],
+            a["w"],
+            a["rank"],
+            a["count"],
+            a["deficit"],
+            f"{a['weight']:.2f}",
+            f"{a['contribution']:.1f}",
+        ]
         for a in audit["layers"]
-    ]  # fmt: skip
-    headers = ["layer", "inputs n", "outputs |Z|", "weights |W|", "rank(U)", "count bound",
-               "rank − n", "weight", "contribution"]  # fmt: skip
+    ]
+    headers = [
+        "layer",
+        "inputs n",
+        "outputs |Z|",
+        "weights |W|",
+        "rank(U)",
+        "count bound",
+        "rank − n",
+        "weight",
+        "contribution",
+    ]
     parts: list[Html] = [
         tag("h3", title),
-        tag("p", join(["c(M) = ", tag("b", f"{audit['c_m']:.1f}", class_="big"),
-                       f"  (sample: {audit['sample']})"])),  # fmt: skip
+        tag(
+            "p",
+            join(
+                [
+                    "c(M) = ",
+                    tag("b", f"{audit['c_m']:.1f}", class_="big"),
+                    f"  (sample: {audit['sample']})",
+                ]
+            ),
+        ),
     ]
     if rows:
         parts.append(table(headers, rows, class_="numbers"))
-    notes = [*(("warning", w) for w in audit.get("warnings", [])),
-             *(("note", n) for n in audit.get("notes", []))]  # fmt: skip
+    notes = [
+        *(("warning", w) for w in audit.get("warnings", [])),
+        *(("note", n) for n in audit.get("notes", [])),
+    ]
     if notes:
-        parts.append(tag("ul", join(tag("li", join([tag("b", k), f": {v}"])) for k, v in notes),
-                         class_="problems"))  # fmt: skip
+        parts.append(
+            tag(
+                "ul",
+                join(tag("li", join([tag("b", k), f": {v}"])) for k, v in notes),
+                class_="problems",
+            )
+        )
     parts.append(tag("h4", "What it means"))
     parts.append(tag("ul", join(tag("li", line) for line in audit.get("advice", []))))
     return tag("div", join(parts), class_="audit")

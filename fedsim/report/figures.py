@@ -35,18 +35,28 @@ SHOWN_ELSEWHERE = ("grid.png",)
 def figure(run_dir: Path, plot: dict[str, str]) -> Html:
     """One plot with its title and explanation."""
     explanation = EXPLANATIONS.get(plot["path"], "")
-    return tag("figure", join([
-        image(run_dir / plot["path"], plot["title"], class_="plot"),
-        tag("figcaption", join([tag("b", plot["title"]), ". " if explanation else "", explanation])),
-    ]), class_="plot")  # fmt: skip
+    return tag(
+        "figure",
+        join(
+            [
+                image(run_dir / plot["path"], plot["title"], class_="plot"),
+                tag(
+                    "figcaption",
+                    join([tag("b", plot["title"]), ". " if explanation else "", explanation]),
+                ),
+            ]
+        ),
+        class_="plot",
+    )
 
 
 def plots(run_dir: Path, results: dict[str, Any], names: tuple[str, ...] | None) -> Html | None:
     """The listed plots among ``names`` (all the others when ``None``), or ``None``."""
     listed = results.get("plots", [])
     known = (*SWEEP, "accuracy.png", "loss_curves.png", *SHOWN_ELSEWHERE)
-    chosen = [p for p in listed
-              if (p["path"] in names if names is not None else p["path"] not in known)]  # fmt: skip
+    chosen = [
+        p for p in listed if (p["path"] in names if names is not None else p["path"] not in known)
+    ]
     if names is not None:
         chosen.sort(key=lambda p: names.index(p["path"]))
     return join(figure(run_dir, p) for p in chosen) if chosen else None

@@ -11,8 +11,9 @@ from fedsim.report.leakage import POSITIONS, best_image_psnr, format_psnr, verdi
 from fedsim.results.points import final_accuracy
 from fedsim.results.table import short_point
 
-OPEN_POINTS = 3
-"""Sweeps with at most this many points show every point opened; larger ones open the first."""
+OPEN_IMAGES = 24
+"""Runs with at most this many reconstructions show every sweep point opened; larger ones
+open the first only."""
 SMALL_BATCH = 4
 """Batches larger than this are drawn with smaller thumbnails."""
 
@@ -25,25 +26,44 @@ def _label(record: dict[str, Any], k: int, correct: bool | None) -> str:
     return f"label {'right' if correct else 'wrong'}{guess}"
 
 
+def _thumb(run_dir: Path, score: dict[str, Any], key: str, alt: str, caption: object) -> Html:
+    file = score.get(key)
+    picture = (
+        image(run_dir / file, alt)
+        if file
+        else tag("span", "not saved (output.save_images = false)", class_="missing")
+    )
+    return tag("figure", join([picture, tag("figcaption", caption)]))
+
+
 def _pair(run_dir: Path, record: dict[str, Any], k: int, score: dict[str, Any]) -> Html:
     """One original beside its reconstruction, the scores under the reconstruction."""
     words, css = verdict(score["psnr"])
-    images = []
-    for key, role in (("original_png", "original"), ("reconstruction_png", "reconstruction")):
-        file = score.get(key)
-        picture = image(run_dir / file, f"{role} {k + 1}") if file else tag(
-            "span", "not saved (output.save_images = false)", class_="missing")  # fmt: skip
-        images.append(tag("figure", join([picture, tag("figcaption", role)])))
-    caption = join([
-        tag("b", format_psnr(score["psnr"]), class_=css, title=words),
-        f" · SSIM {score['ssim']:.3f}", tag("br", ""), _label(record, k, score["label_correct"]),
-    ])  # fmt: skip
-    return tag("div", join([tag("div", join(images), class_="twins"),
-                            tag("div", caption, class_="scores")]), class_="pair")  # fmt: skip
+    images = [
+        _thumb(run_dir, score, f"{role}_png", f"{role} {k + 1}", role)
+        for role in ("original", "reconstruction")
+    ]
+    caption = join(
+        [
+            tag("b", format_psnr(score["psnr"]), class_=css, title=words),
+            f" · SSIM {score['ssim']:.3f}",
+            tag("br", ""),
+            _label(record, k, score["label_correct"]),
+        ]
+    )
+    return tag(
+        "div",
+        join([tag("div", join(images), class_="twins"), tag("div", caption, class_="scores")]),
+        class_="pair",
+    )
 
 
 def _where(record: dict[str, Any]) -> str:
-    upload = "the round's aggregate" if record["client"] is None else f"client {record['client']}'s upload"
+    upload = (
+        "the round's aggregate"
+        if record["client"] is None
+        else f"client {record['client']}'s upload"
+    )
     return f"round {record['round']}, {upload} ({record['update_kind']})"
 
 
@@ -56,17 +76,23 @@ def record_block(run_dir: Path, record: dict[str, Any]) -> Html:
     if diagnostics.get("iterations") is not None:
         cost.append(f"{diagnostics['iterations']} steps")
     if record["status"] != "ok":
-        body = tag("p", f"{record['status']}: {record['reason'] or 'no reason given'}",
-                   class_="problem")  # fmt: skip
+        body = tag(
+            "p", f"{record['status']}: {record['reason'] or 'no reason given'}", class_="problem"
+        )
     elif not record["images"]:
         body = tag("p", "not scored: the ground truth was not available", class_="problem")
     else:
         small = "small" if len(record["images"]) > SMALL_BATCH else None
-        body = tag("div", join(_pair(run_dir, record, k, s) for k, s in enumerate(record["images"])),
-                   class_=f"pairs {small or ''}".strip())  # fmt: skip
-    return tag("section", join([tag("h4", join([head, tag("span", " · " + ", ".join(cost),
-                                                          class_="muted")])), body]),
-               class_="record")  # fmt: skip
+        body = tag(
+            "div",
+            join(_pair(run_dir, record, k, s) for k, s in enumerate(record["images"])),
+            class_=f"pairs {small or ''}".strip(),
+        )
+    return tag(
+        "section",
+        join([tag("h4", join([head, tag("span", " · " + ", ".join(cost), class_="muted")])), body]),
+        class_="record",
+    )
 
 
 def point_summary(trial: dict[str, Any], records: list[dict[str, Any]], total: int) -> Html:
@@ -78,8 +104,9 @@ def point_summary(trial: dict[str, Any], records: list[dict[str, Any]], total: i
     if ok:
         psnr = max(best_image_psnr(r) for r in ok)
         words, css = verdict(psnr)
-        parts.append(join([" — best image ", tag("span", f"{format_psnr(psnr)} ({words})",
-                                                    class_=css)]))  # fmt: skip
+        parts.append(
+            join([" — best image ", tag("span", f"{format_psnr(psnr)} ({words})", class_=css)])
+        )
     accuracy = final_accuracy(trial)
     if accuracy is not None:
         parts.append(Html(f" · test accuracy {accuracy:.3f}"))
@@ -98,17 +125,85 @@ def gallery(run_dir: Path, results: dict[str, Any]) -> Html:
     trials = results["trials"]
     if not trials:
         return tag("p", "No sweep point ran.")
+    open_all = sum(len(r["images"]) for r in results["records"]) <= OPEN_IMAGES
     sections = []
     for n, trial in enumerate(trials):
-        records = sorted((r for r in results["records"] if r["trial"] == trial["index"]),
-                         key=lambda r: (r["round"], r["attack_index"], r["client"] or -1))  # fmt: skip
+        records = sorted(
+            (r for r in results["records"] if r["trial"] == trial["index"]),
+            key=lambda r: (r["round"], r["attack_index"], r["client"] or -1),
+        )
         body: list[Html] = []
         if trial["status"] not in ("complete", "running"):
-            body.append(tag("p", f"This point {trial['status']}: {trial['error'] or 'no reason'}",
-                            class_="problem"))  # fmt: skip
+            body.append(
+                tag(
+                    "p",
+                    f"This point {trial['status']}: {trial['error'] or 'no reason'}",
+                    class_="problem",
+                )
+            )
         body += [record_block(run_dir, r) for r in records]
         if not records:
             body.append(tag("p", "No attack ran at this point."))
-        sections.append(details(point_summary(trial, records, len(trials)), join(body),
-                                is_open=len(trials) <= OPEN_POINTS or n == 0, class_="point"))  # fmt: skip
+        sections.append(
+            details(
+                point_summary(trial, records, len(trials)),
+                join(body),
+                is_open=open_all or n == 0,
+                class_="point",
+            )
+        )
     return join(sections)
+
+
+def overview(run_dir: Path, results: dict[str, Any]) -> Html | None:
+    """For a sweep: one row per attack, the first attacked image's original and its
+    reconstruction at every sweep point side by side (``None`` without a sweep).
+
+    The same seed attacks the same client's same batch at every point, so a row shows
+    one image under every setting.
+    """
+    trials = results["trials"]
+    if len(trials) < 2:
+        return None
+    rows = []
+    for index in sorted({r["attack_index"] for r in results["records"]}):
+        mine = [r for r in results["records"] if r["attack_index"] == index]
+        first = {}
+        for r in sorted(mine, key=lambda r: (r["round"], r["client"] or -1)):
+            first.setdefault(r["trial"], r)
+        shown = next((r for r in first.values() if r["images"]), None)
+        if shown is None:
+            continue
+        cells = [_thumb(run_dir, shown["images"][0], "original_png", "original", "original")]
+        for trial in trials:
+            rec = first.get(trial["index"])
+            point = short_point(trial["point"])
+            if rec is None or not rec["images"]:
+                reason = "no attack" if rec is None else rec["status"]
+                cells.append(
+                    tag(
+                        "figure",
+                        join([tag("span", reason, class_="missing"), tag("figcaption", point)]),
+                    )
+                )
+                continue
+            score = rec["images"][0]
+            words, css = verdict(score["psnr"])
+            cells.append(
+                _thumb(
+                    run_dir,
+                    score,
+                    "reconstruction_png",
+                    point,
+                    join(
+                        [
+                            point,
+                            tag("br", ""),
+                            tag("b", format_psnr(score["psnr"]), class_=css, title=words),
+                        ]
+                    ),
+                )
+            )
+        head = f"{mine[0]['attack']} · attacker at the {mine[0]['position']} · " + _where(shown)
+        rows.append(join([tag("h4", head), tag("div", join(cells), class_="strip")]))
+    return join(rows) if rows else None

@@ -10,7 +10,7 @@ from string import Template
 import fedsim
 from fedsim.report.audit import audit_section
 from fedsim.report.figures import SWEEP, plots
-from fedsim.report.gallery import gallery
+from fedsim.report.gallery import gallery, overview
 from fedsim.report.html import Html, join, tag
 from fedsim.report.leakage import attack_table, findings, glossary, legend, point_table
 from fedsim.report.problems import problems, problems_section
@@ -25,6 +25,10 @@ LEAD = (
     "from what they could observe. This page shows how well they did, what the defences cost, "
     "and what ran."
 )
+GLANCE_INTRO = (
+    "The same private image (first on the left) as each attack rebuilt it at every setting "
+    "of the sweep, in the order the scenario lists them."
+)
 GALLERY_INTRO = (
     "Each block is one attack on one observed upload: every private image (left of each pair) "
     "beside the attacker's reconstruction (right), with its scores under it. Click a sweep "
@@ -33,8 +37,11 @@ GALLERY_INTRO = (
 
 
 def _section(anchor: str, title: str, *parts: object) -> tuple[str, str, Html]:
-    return anchor, title, join(tag("p", p, class_="intro") if isinstance(p, str) else p
-                               for p in parts)  # fmt: skip
+    return (
+        anchor,
+        title,
+        join(tag("p", p, class_="intro") if isinstance(p, str) else p for p in parts),
+    )
 
 
 def build_page(run: RunFiles) -> str:
@@ -43,23 +50,37 @@ def build_page(run: RunFiles) -> str:
     name = results.get("scenario", run.path.name)
     status = results.get("status", "running")
     sections = [
-        _section("summary", "In short", setup_sentence(run),
-                 tag("ul", join(tag("li", f) for f in findings(results)), class_="findings")),
+        _section(
+            "summary",
+            "In short",
+            setup_sentence(run),
+            tag("ul", join(tag("li", f) for f in findings(results)), class_="findings"),
+        ),
         _section("problems", f"Problems ({len(problems(results))})", problems_section(results)),
         _section("reading", "How to read this page", glossary()),
-    ]  # fmt: skip
+    ]
     audit = audit_section(results)
     if audit is not None:
-        sections.append(_section("audit", "Architecture audit: how much can this model leak?",
-                                 audit))  # fmt: skip
-    sections.append(_section(
-        "leakage", "Leakage per attack",
-        "One row per attack (and sweep point), averaged over the uploads it attacked. The PSNR "
-        "colour says how recognisable the reconstructions are:", legend(),
-        attack_table(results), point_table(results) or "",
-    ))  # fmt: skip
-    sections.append(_section("images", "Originals and reconstructions", GALLERY_INTRO,
-                             gallery(here, results)))  # fmt: skip
+        sections.append(
+            _section("audit", "Architecture audit: how much can this model leak?", audit)
+        )
+    sections.append(
+        _section(
+            "leakage",
+            "Leakage per attack",
+            "One row per attack (and sweep point), averaged over the uploads it attacked. The PSNR "
+            "colour says how recognisable the reconstructions are:",
+            legend(),
+            attack_table(results),
+            point_table(results) or "",
+        )
+    )
+    strip = overview(here, results)
+    if strip is not None:
+        sections.append(_section("glance", "One image across the sweep", GLANCE_INTRO, strip))
+    sections.append(
+        _section("images", "Originals and reconstructions", GALLERY_INTRO, gallery(here, results))
+    )
     for anchor, title, names, intro in (
         ("sweep", "The sweep", SWEEP, "One federation ran per value of the swept parameter."),
         ("training", "Training", ("accuracy.png",), ""),
@@ -70,18 +91,27 @@ def build_page(run: RunFiles) -> str:
         if figures is not None:
             sections.append(_section(anchor, title, *([intro] if intro else []), figures))
     sections.append(_section("run", "What ran", provenance(run)))
-    header = join([
-        tag("h1", join([f"{name} ", tag("span", status, class_=f"status {status}")])),
-        tag("p", LEAD, class_="lead"),
-        tag("nav", join(tag("a", title, href=f"#{anchor}") for anchor, title, _ in sections)),
-    ])  # fmt: skip
-    body = join([
-        header,
-        *(tag("section", join([tag("h2", title), content]), id=anchor)
-          for anchor, title, content in sections),
-        tag("footer", f"Written by fedsim {fedsim.__version__}. Rebuild it with: "
-                      f"fedsim report {run.path}"),
-    ])  # fmt: skip
+    header = join(
+        [
+            tag("h1", join([f"{name} ", tag("span", status, class_=f"status {status}")])),
+            tag("p", LEAD, class_="lead"),
+            tag("nav", join(tag("a", title, href=f"#{anchor}") for anchor, title, _ in sections)),
+        ]
+    )
+    body = join(
+        [
+            header,
+            *(
+                tag("section", join([tag("h2", title), content]), id=anchor)
+                for anchor, title, content in sections
+            ),
+            tag(
+                "footer",
+                f"Written by fedsim {fedsim.__version__}. Rebuild it with: "
+                f"fedsim report {run.path}",
+            ),
+        ]
+    )
     template = Template(resources.files("fedsim.report").joinpath("page.html").read_text("utf-8"))
     return template.substitute(title=f"fedsim report: {name}", body=body)
 

@@ -33,8 +33,14 @@ def problems(results: dict[str, Any]) -> list[Html]:
     points = {t["index"]: short_point(t["point"]) for t in results["trials"]}
     for trial in results["trials"]:
         if trial["status"] not in ("complete", "running"):
-            lines.append(join([tag("b", f"{_point(points, trial['index'])} {trial['status']}"),
-                               f": {trial['error'] or 'no reason recorded'}"]))  # fmt: skip
+            lines.append(
+                join(
+                    [
+                        tag("b", f"{_point(points, trial['index'])} {trial['status']}"),
+                        f": {trial['error'] or 'no reason recorded'}",
+                    ]
+                )
+            )
     grouped: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
     for r in results["records"]:
         if r["status"] != "ok":
@@ -42,14 +48,27 @@ def problems(results: dict[str, Any]) -> list[Html]:
             who = "aggregate" if r["client"] is None else f"client {r['client']}"
             grouped[key].append(f"{_point(points, r['trial'])}, round {r['round']}, {who}")
     for (attack, position, status, reason), where in grouped.items():
-        lines.append(join([tag("b", f"{attack} ({position}) {status}"), f": {reason} — ",
-                           tag("span", _places(where), class_="muted")]))  # fmt: skip
+        lines.append(
+            join(
+                [
+                    tag("b", f"{attack} ({position}) {status}"),
+                    f": {reason} — ",
+                    tag("span", _places(where), class_="muted"),
+                ]
+            )
+        )
     lines += _client_failures(results, points)
     for trial in results["trials"]:
         info = trial.get("rel_perceptual_l1")
         if info and info.get("status") == "unavailable":
-            lines.append(join([tag("b", "relative-perceptual-L1 unavailable"),
-                               f" at {_point(points, trial['index'])}: {info.get('reason')}"]))  # fmt: skip
+            lines.append(
+                join(
+                    [
+                        tag("b", "relative-perceptual-L1 unavailable"),
+                        f" at {_point(points, trial['index'])}: {info.get('reason')}",
+                    ]
+                )
+            )
     return lines
 
 
@@ -64,10 +83,15 @@ def _client_failures(results: dict[str, Any], points: dict[int, str]) -> list[Ht
             place = f"{_point(points, trial['index'])}, round {failure['round']}{who}"
             grouped[(kind, failure.get("error") or "no reason recorded")].append(place)
     return [
-        join([tag("b", f"client {'timed out' if kind == 'timeout' else 'failed'}"),
-              f": {error} — ", tag("span", _places(where), class_="muted")])
+        join(
+            [
+                tag("b", f"client {'timed out' if kind == 'timeout' else 'failed'}"),
+                f": {error} — ",
+                tag("span", _places(where), class_="muted"),
+            ]
+        )
         for (kind, error), where in grouped.items()
-    ]  # fmt: skip
+    ]
 
 
 MAX_PLACES = 6
@@ -75,8 +99,9 @@ MAX_PLACES = 6
 
 def _places(where: list[str]) -> str:
     """``3×: a; b; c`` (at most :data:`MAX_PLACES` listed)."""
-    shown = "; ".join(where[:MAX_PLACES]) + (f"; … {len(where) - MAX_PLACES} more"
-                                             if len(where) > MAX_PLACES else "")  # fmt: skip
+    shown = "; ".join(where[:MAX_PLACES]) + (
+        f"; … {len(where) - MAX_PLACES} more" if len(where) > MAX_PLACES else ""
+    )
     return f"{len(where)}×: {shown}" if len(where) > 1 else shown
 
 
@@ -84,6 +109,7 @@ def problems_section(results: dict[str, Any]) -> Html:
     """The problems as a list, or a line saying there were none."""
     lines = problems(results)
     if not lines:
-        return tag("p", "None: every sweep point completed and every attack was scored.",
-                   class_="fine")  # fmt: skip
+        return tag(
+            "p", "None: every sweep point completed and every attack was scored.", class_="fine"
+        )
     return tag("ul", join(tag("li", line) for line in lines), class_="problems")

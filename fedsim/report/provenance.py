@@ -38,9 +38,12 @@ def _environment(env: dict[str, Any] | None) -> list[tuple[str, str]]:
     memory = f", {env['memory_gib']:.0f} GiB RAM" if env.get("memory_gib") else ""
     return [
         ("software", f"Python {env['python']}; {packages}"),
-        ("machine", f"{env['host']}: {env['platform']} ({env['machine']}), {env['cpus']} CPUs"
-                    f"{memory}; torch threads {env['torch_threads']}"),
-    ]  # fmt: skip
+        (
+            "machine",
+            f"{env['host']}: {env['platform']} ({env['machine']}), {env['cpus']} CPUs"
+            f"{memory}; torch threads {env['torch_threads']}",
+        ),
+    ]
 
 
 def facts(run: RunFiles) -> list[tuple[str, str]]:
@@ -49,14 +52,20 @@ def facts(run: RunFiles) -> list[tuple[str, str]]:
     resolved = run.resolved or {}
     points = [short_point(t["point"]) for t in resolved.get("trials", [])]
     lines = [
-        ("scenario", f"{results.get('scenario', '-')} ({resolved.get('source', 'source unknown')})"),
+        (
+            "scenario",
+            f"{results.get('scenario', '-')} ({resolved.get('source', 'source unknown')})",
+        ),
         ("overrides", " ".join(f"--set {o}" for o in resolved.get("overrides", [])) or "none"),
         ("seed", str(scenario.get("seed", "-"))),
-        ("sweep points", f"{len(points)}: " + "; ".join(points) if len(points) > 1 else "1 (no sweep)"),
+        (
+            "sweep points",
+            f"{len(points)}: " + "; ".join(points) if len(points) > 1 else "1 (no sweep)",
+        ),
         ("status", results.get("status", "-")),
         ("started / finished", f"{results.get('started', '-')} / {results.get('finished') or '-'}"),
         ("wall time", duration(results.get("wall_seconds"))),
-    ]  # fmt: skip
+    ]
     if results.get("resumed"):
         lines.append(("resumed", ", ".join(results["resumed"])))
     if results.get("engine"):
@@ -69,28 +78,49 @@ def facts(run: RunFiles) -> list[tuple[str, str]]:
 
 def provenance(run: RunFiles) -> Html:
     """The facts, then the scenario as written and as resolved, and the run's files."""
-    parts: list[Html] = [tag("dl", join(join([tag("dt", k), tag("dd", v)]) for k, v in facts(run)),
-                             class_="facts")]  # fmt: skip
+    parts: list[Html] = [
+        tag("dl", join(join([tag("dt", k), tag("dd", v)]) for k, v in facts(run)), class_="facts")
+    ]
     if run.scenario_text is not None:
-        parts.append(details("the scenario as written (scenario.toml)",
-                             tag("pre", run.scenario_text)))  # fmt: skip
+        parts.append(
+            details("the scenario as written (scenario.toml)", tag("pre", run.scenario_text))
+        )
     if run.first_scenario:
-        parts.append(details(
-            "the scenario as resolved: every default filled in (the first sweep point; the "
-            "others differ only in the swept values)",
-            tag("pre", json.dumps(run.first_scenario, indent=1)),
-        ))  # fmt: skip
+        parts.append(
+            details(
+                "the scenario as resolved: every default filled in (the first sweep point; the "
+                "others differ only in the swept values)",
+                tag("pre", json.dumps(run.first_scenario, indent=1)),
+            )
+        )
     present = [(name, what) for name, what in RUN_FILES.items() if (run.path / name).is_file()]
-    parts.append(tag("p", join([
-        "Files in the run directory: ",
-        join(join([tag("a", name, href=name), f" ({what})", "; " if i < len(present) - 1 else "."])
-             for i, (name, what) in enumerate(present)),
-    ])))  # fmt: skip
+    parts.append(
+        tag(
+            "p",
+            join(
+                [
+                    "Files in the run directory: ",
+                    join(
+                        join(
+                            [
+                                tag("a", name, href=name),
+                                f" ({what})",
+                                "; " if i < len(present) - 1 else ".",
+                            ]
+                        )
+                        for i, (name, what) in enumerate(present)
+                    ),
+                ]
+            ),
+        )
+    )
     return join(parts)
 
 
-PROTOCOLS = {"fedsgd": "FedSGD (one gradient step per upload)",
-             "fedavg": "FedAvg (local epochs, weight deltas uploaded)"}  # fmt: skip
+PROTOCOLS = {
+    "fedsgd": "FedSGD (one gradient step per upload)",
+    "fedavg": "FedAvg (local epochs, weight deltas uploaded)",
+}
 
 
 def _with_params(entry: dict[str, Any]) -> str:
@@ -118,13 +148,17 @@ def setup_sentence(run: RunFiles) -> str:
         f"{PROTOCOLS.get(fed['protocol'], fed['protocol'])}, batch size {fed['batch_size']}."
     ]
     defences = raw.get("defences") or s.get("defences") or []
-    lines.append("Defences: " + ("; ".join(_with_params(d) for d in defences)
-                                 if defences else "none") + ".")  # fmt: skip
+    lines.append(
+        "Defences: " + ("; ".join(_with_params(d) for d in defences) if defences else "none") + "."
+    )
     attacks = [
         f"{a['name']} at the {a['position']}"
-        + (f" in round{'s' if len(a['rounds']) > 1 else ''} {', '.join(map(str, a['rounds']))}"
-           if a.get("rounds") else " in every round")
+        + (
+            f" in round{'s' if len(a['rounds']) > 1 else ''} {', '.join(map(str, a['rounds']))}"
+            if a.get("rounds")
+            else " in every round"
+        )
         for a in s.get("attacks", [])
-    ]  # fmt: skip
+    ]
     lines.append("Attacks: " + ("; ".join(attacks) if attacks else "none") + ".")
     return " ".join(lines)
