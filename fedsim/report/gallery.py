@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedsim.report.html import Html, details, image, join, tag
+from fedsim.report.html import Html, details, image, join, tag, text
 from fedsim.report.leakage import POSITIONS, best_image_psnr, format_psnr, verdict
 from fedsim.results.points import final_accuracy
 from fedsim.results.table import short_point
@@ -100,7 +100,7 @@ def point_summary(trial: dict[str, Any], records: list[dict[str, Any]], total: i
     ok = [r for r in records if r["status"] == "ok" and r["metrics"]]
     parts: list[Html] = [tag("b", short_point(trial["point"]) if trial["point"] else "the run")]
     if total > 1:
-        parts.insert(0, Html(f"point {trial['index'] + 1} of {total}: "))
+        parts.insert(0, text(f"point {trial['index'] + 1} of {total}: "))
     if ok:
         psnr = max(best_image_psnr(r) for r in ok)
         words, css = verdict(psnr)
@@ -109,8 +109,8 @@ def point_summary(trial: dict[str, Any], records: list[dict[str, Any]], total: i
         )
     accuracy = final_accuracy(trial)
     if accuracy is not None:
-        parts.append(Html(f" · test accuracy {accuracy:.3f}"))
-    parts.append(Html(f" · {len(records)} attacked upload{'s' if len(records) != 1 else ''}"))
+        parts.append(text(f" · test accuracy {accuracy:.3f}"))
+    parts.append(text(f" · {len(records)} attacked upload{'s' if len(records) != 1 else ''}"))
     failed = len(records) - len(ok)
     if failed or trial["status"] != "complete":
         note = [f"{failed} not scored"] if failed else []

@@ -18,7 +18,7 @@ class Html(str):
 
 def text(value: object) -> Html:
     """``value`` as escaped HTML text, or itself if it is already :class:`Html`."""
-    return value if isinstance(value, Html) else Html(html.escape(str(value)))
+    return value if isinstance(value, Html) else Html(html.escape(str(value), quote=False))
 
 
 def attributes(**values: str | None) -> str:

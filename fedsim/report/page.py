@@ -40,7 +40,7 @@ def _section(anchor: str, title: str, *parts: object) -> tuple[str, str, Html]:
     return (
         anchor,
         title,
-        join(tag("p", p, class_="intro") if isinstance(p, str) else p for p in parts),
+        join(p if isinstance(p, Html) else tag("p", p, class_="intro") for p in parts),
     )
 
 

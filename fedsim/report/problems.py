@@ -29,7 +29,7 @@ def problems(results: dict[str, Any]) -> list[Html]:
     lines: list[Html] = []
     status = results.get("status", "running")
     if status in RUN_STATUS:
-        lines.append(Html(f"<b>run {status}</b>: ") + tag("span", RUN_STATUS[status]))
+        lines.append(join([tag("b", f"run {status}"), f": {RUN_STATUS[status]}"]))
     points = {t["index"]: short_point(t["point"]) for t in results["trials"]}
     for trial in results["trials"]:
         if trial["status"] not in ("complete", "running"):
