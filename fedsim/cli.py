@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="finish an interrupted run in RUN_DIR: completed sweep points are not run again "
         "(the scenario and --set overrides must give the same points)",
+    )
+    run.add_argument(
+        "--scoring",
+        choices=("shared-truth", "on-client"),
+        default="shared-truth",
+        help="where reconstructions are scored: with the true batch the clients send to "
+        "the scorer (default), or on the clients, as on real machines",
     )
     report = sub.add_parser("report", help="rebuild RUN_DIR/report.html from the saved results")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
@@ -134,9 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedsim.run import RunError, run_scenario
     from fedsim.scenario import ScenarioError
 
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         run_dir, status = run_scenario(
-            args.scenario, args.overrides, args.out, console, resume=args.resume
+            args.scenario,
+            args.overrides,
+            args.out,
+            console,
+            args.scoring,
+            resume=args.resume,
         )
     except (ScenarioError, RunError) as exc:
         print(f"fedsim: {exc}", file=sys.stderr)
@@ -145,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if status == "interrupted":
         _abandon_federation()
     return EXIT_OK if status == "complete" else EXIT_FAILED
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM stops a run like Ctrl-C: results so far are kept, status ``interrupted``."""
+    raise KeyboardInterrupt
 
 
 def _abandon_federation() -> None:

@@ -7,12 +7,13 @@ unless told otherwise; the peak is recorded with every score.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import mean_squared_error, structural_similarity
 
 PSNR_PEAK = 1.0
 PAPER_PEAK = 255.0
@@ -27,13 +28,14 @@ def mse(true: np.ndarray, test: np.ndarray) -> float:
     return float(mean_squared_error(true.astype(np.float64), test.astype(np.float64)))
 
 
+def psnr_from_mse(error: float, peak: float = PSNR_PEAK) -> float:
+    """Peak signal-to-noise ratio in dB, ``10 log10(peak² / MSE)``; ``inf`` at MSE 0."""
+    return math.inf if error == 0 else 10.0 * math.log10(peak**2 / error)
+
+
 def psnr(true: np.ndarray, test: np.ndarray, peak: float = PSNR_PEAK) -> float:
-    """Peak signal-to-noise ratio in dB, ``10 log10(peak² / MSE)``; ``inf`` if identical."""
-    if mse(true, test) == 0:
-        return math.inf
-    return float(
-        peak_signal_noise_ratio(true.astype(np.float64), test.astype(np.float64), data_range=peak)
-    )
+    """Peak signal-to-noise ratio in dB of two ``(C, H, W)`` images (see :func:`psnr_from_mse`)."""
+    return psnr_from_mse(mse(true, test), peak)
 
 
 def ssim(true: np.ndarray, test: np.ndarray) -> float:
@@ -68,6 +70,25 @@ class ImageScore:
         return asdict(self)
 
 
+def mse_matrix(originals: torch.Tensor, reconstructions: torch.Tensor) -> np.ndarray:
+    """``(B, B')`` mean squared error of every (original, reconstruction) pair.
+
+    Args:
+        originals: ``(B, C, H, W)``; reconstructions: ``(B', C, H, W)``, clamped to [0, 1].
+    """
+    o = originals.detach().double().flatten(1).cpu().numpy()
+    r = reconstructions.detach().clamp(0, 1).double().flatten(1).cpu().numpy()
+    return ((o[:, None, :] - r[None, :, :]) ** 2).mean(axis=2)
+
+
+def _assign(cost: np.ndarray) -> np.ndarray:
+    """Hungarian assignment on a ``(B, B')`` cost, B' ≤ B: original index per column."""
+    rows, cols = linear_sum_assignment(cost)
+    matched = np.empty(cost.shape[1], dtype=np.int64)
+    matched[cols] = rows
+    return matched
+
+
 def match_to_originals(originals: torch.Tensor, reconstructions: torch.Tensor) -> np.ndarray:
     """Hungarian assignment minimising total MSE.
 
@@ -77,13 +98,94 @@ def match_to_originals(originals: torch.Tensor, reconstructions: torch.Tensor) -
     Returns:
         ``(B',)`` index of the original matched to each reconstruction.
     """
-    o = originals.detach().double().flatten(1).cpu().numpy()
-    r = reconstructions.detach().double().flatten(1).cpu().numpy()
-    cost = ((r[:, None, :] - o[None, :, :]) ** 2).mean(axis=2)
-    rows, cols = linear_sum_assignment(cost)
-    matched = np.empty(len(r), dtype=np.int64)
-    matched[rows] = cols
-    return matched
+    return _assign(mse_matrix(originals, reconstructions))
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Scores of every (original, reconstruction) pair of one holder's batch: numbers only.
+
+    Computed wherever the originals are (the scorer in simulation, the client
+    itself on real machines), so that scoring never needs the originals to move.
+
+    Attributes:
+        mse: ``(B, B')`` float64, MSE on [0, 1] pixels (reconstructions clamped).
+        ssim: ``(B, B')`` float64.
+        label_equal: ``(B, B')`` bool, whether the reconstruction's label equals the
+            original's; ``None`` when the attack recovered no labels.
+    """
+
+    mse: np.ndarray
+    ssim: np.ndarray
+    label_equal: np.ndarray | None
+
+
+def pair_scores(
+    originals: torch.Tensor,
+    true_labels: torch.Tensor,
+    reconstructions: torch.Tensor,
+    labels: torch.Tensor | None,
+) -> PairScores:
+    """Score every reconstruction against every original of one batch.
+
+    Raises:
+        ValueError: shapes differ, or ``labels`` does not have one entry per reconstruction.
+    """
+    if labels is not None and len(labels) != len(reconstructions):
+        raise ValueError(f"{len(labels)} labels for {len(reconstructions)} reconstructions")
+    if reconstructions.shape[1:] != originals.shape[1:]:
+        raise ValueError(
+            f"reconstruction shape {tuple(reconstructions.shape[1:])} differs from "
+            f"original {tuple(originals.shape[1:])}"
+        )
+    true = originals.detach().cpu().numpy()
+    test = reconstructions.detach().clamp(0, 1).cpu().numpy()
+    return PairScores(
+        mse=mse_matrix(originals, reconstructions),
+        ssim=np.array([[ssim(t, r) for r in test] for t in true], dtype=np.float64),
+        label_equal=None
+        if labels is None
+        else (true_labels.cpu()[:, None] == labels.cpu()[None, :]).numpy(),
+    )
+
+
+def match_scores(parts: Sequence[PairScores]) -> tuple[list[ImageScore], float | None]:
+    """Match reconstructions to the originals of all ``parts`` together and score them.
+
+    ``parts`` are the pair scores of the batches behind one upload (one client) or
+    one aggregate (each client of the round, in order); ``original_index`` counts
+    through their originals in that order.
+
+    Returns:
+        One :class:`ImageScore` per reconstruction (Hungarian matching on MSE), and
+        the label-count accuracy ``Σ_k min(n_k, n̂_k) / B`` (``None`` without labels),
+        computed as a maximum matching of equal labels.
+
+    Raises:
+        ValueError: more reconstructions than originals.
+    """
+    mse_all = np.concatenate([p.mse for p in parts])
+    ssim_all = np.concatenate([p.ssim for p in parts])
+    if mse_all.shape[1] > mse_all.shape[0]:
+        raise ValueError(f"{mse_all.shape[1]} reconstructions for {mse_all.shape[0]} originals")
+    equal = None
+    if all(p.label_equal is not None for p in parts):
+        equal = np.concatenate([p.label_equal for p in parts])  # type: ignore[misc]
+    scores = [
+        ImageScore(
+            int(j),
+            float(mse_all[j, i]),
+            psnr_from_mse(float(mse_all[j, i])),
+            float(ssim_all[j, i]),
+            None if equal is None else bool(equal[j, i]),
+            psnr_255=psnr_from_mse(float(mse_all[j, i]), PAPER_PEAK),
+        )
+        for i, j in enumerate(_assign(mse_all))
+    ]
+    if equal is None:
+        return scores, None
+    rows, cols = linear_sum_assignment(equal, maximize=True)
+    return scores, float(equal[rows, cols].sum()) / len(equal)
 
 
 def score_batch(
@@ -92,34 +194,8 @@ def score_batch(
     reconstructions: torch.Tensor,
     labels: torch.Tensor | None,
 ) -> list[ImageScore]:
-    """Score each reconstruction against its matched original (see :func:`match_to_originals`)."""
-    if len(reconstructions) > len(originals):
-        raise ValueError(f"{len(reconstructions)} reconstructions for {len(originals)} originals")
-    if labels is not None and len(labels) != len(reconstructions):
-        raise ValueError(f"{len(labels)} labels for {len(reconstructions)} reconstructions")
-    if reconstructions.shape[1:] != originals.shape[1:]:
-        raise ValueError(
-            f"reconstruction shape {tuple(reconstructions.shape[1:])} differs from "
-            f"original {tuple(originals.shape[1:])}"
-        )
-    matched = match_to_originals(originals, reconstructions)
-    scores = []
-    for i, j in enumerate(matched):
-        true = originals[j].detach().cpu().numpy()
-        test = reconstructions[i].detach().clamp(0, 1).cpu().numpy()
-        label_ok = None if labels is None else bool(int(labels[i]) == int(true_labels[j]))
-        error = mse(true, test)
-        scores.append(
-            ImageScore(
-                int(j),
-                error,
-                psnr(true, test),
-                ssim(true, test),
-                label_ok,
-                psnr_255=math.inf if error == 0 else 10 * math.log10(PAPER_PEAK**2 / error),
-            )
-        )
-    return scores
+    """Score each reconstruction against its matched original (see :func:`match_scores`)."""
+    return match_scores([pair_scores(originals, true_labels, reconstructions, labels)])[0]
 
 
 def label_count_accuracy(

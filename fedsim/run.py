@@ -1,31 +1,37 @@
 """``fedsim run``: from a scenario file to a run directory.
 
 Order of work: validate every sweep point (nothing is written if one is
-invalid), check that data, model and defences fit, create a fresh run
-directory, then run one federation per sweep point while a progress display
-shows rounds and attacks. ``results.json`` is rewritten atomically after every
-record, so an interrupted run leaves valid results for what finished, and
-``--resume RUN_DIR`` finishes it: points that completed are not run again,
-and a scenario that no longer gives the same points is refused. The run ends
-with ``sweep.csv``, the sweep plots, the summary tables and ``report.html``
-(a report that cannot be built is a warning: the results are already saved).
+invalid), check that data, model, defences and resources fit, run the
+architecture audit when asked, create a fresh run directory, then run one
+federation per sweep point while a progress display shows rounds and attacks.
+``results.json`` is rewritten atomically after every record, so an
+interrupted run leaves valid results for what finished, and ``--resume
+RUN_DIR`` finishes it: points that completed are not run again, and a
+scenario that no longer gives the same points is refused. The run ends with
+``sweep.csv``, the plots, the summary tables and ``report.html`` (a report
+that cannot be built is a warning: the results are saved already).
+
+:func:`prepare_run`, :func:`run_trials` and :func:`finish_run` are shared with
+the deployment engine's ServerApp (``fedsim.federation.deployment``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedsim.audit.render import print_audit
-from fedsim.audit.runner import audit_scenario, audits_json
+from fedsim.audit.runner import ScenarioAudit, audit_scenario, audits_json
 from fedsim.data.datasets import DataError
+from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
 from fedsim.federation.setup import federated_data, model_factory
 from fedsim.registry import instantiate_defence
 from fedsim.results.images import save_grid
@@ -37,6 +43,8 @@ from fedsim.results.table import POINT_COLUMNS, point_rows, rich_table, short_po
 from fedsim.scenario import ScenarioError, Trial, format_path, load
 
 MAX_GRID_ROWS = 40
+
+Engine = Literal["simulation", "deployment"]
 
 
 class RunError(Exception):
@@ -76,7 +84,7 @@ def preflight(trials: list[Trial], source: str) -> None:
                 "leaves the test split empty; raise it or use more samples per class",
             )
         fed = scenario.federation
-        smallest = min(len(s.labels) for s in data.shards)
+        smallest = min(data.shards.sizes())
         if fed.protocol == "fedsgd" and fed.batch_size > smallest:
             raise ScenarioError(
                 source,
@@ -208,20 +216,118 @@ def write_outputs(store: ResultsStore, run_dir: Path) -> None:
     store.set_plots(plots)
 
 
-def write_report_or_warn(run_dir: Path, console: Console) -> None:
-    """Write ``report.html``; if that fails, say so and go on: the results are saved."""
+@dataclass
+class PreparedRun:
+    """A validated scenario with its run directory and results store: a fresh
+    one, or a resumed one whose ``done`` trials are not run again."""
+
+    source: Path
+    trials: list[Trial]
+    run_dir: Path
+    store: ResultsStore
+    started: float
+    done: set[int] = field(default_factory=set)
+    audits: list[ScenarioAudit] = field(default_factory=list)
+
+    @property
+    def todo(self) -> list[Trial]:
+        return [t for t in self.trials if t.index not in self.done]
+
+
+def prepare_run(
+    path: Path,
+    overrides: list[str],
+    out: Path | None,
+    engine: Engine,
+    scoring: ScoringMode,
+    resume: Path | None = None,
+) -> PreparedRun:
+    """Validate the scenario at ``path``, create its run directory and results
+    store (or reopen ``resume``'s), and run the ``[audit]`` when the scenario asks.
+
+    Raises:
+        ScenarioError: invalid scenario, data, model, defences or (simulation)
+            resources; nothing is written.
+        RunError: the run directory cannot be created, or cannot be resumed.
+    """
+    raw, trials = load(path, overrides)
+    preflight(trials, str(path))
+    if engine == "simulation":
+        from fedsim.federation.runner import check_resources
+
+        for trial in trials:
+            check_resources(trial.scenario, str(path))
+    first = trials[0].scenario
+    if resume is not None:
+        check_resumable(resume, trials, str(path))
+        store = ResultsStore.resume(resume)
+        return PreparedRun(path, trials, resume, store, time.perf_counter(), store.completed)
+    audited = [t for t in trials if t.scenario.audit is not None]
+    audits = audit_scenario(audited, str(path)) if audited else []
+    run_dir = new_run_dir(out, first.output.dir, first.name)
+    _write_scenario(run_dir, path, overrides, raw, trials)
+    store = ResultsStore(run_dir, first.name, engine, scoring, GROUND_TRUTH_NOTES[scoring])
+    if audits:
+        (run_dir / "audit.json").write_text(audits_json(audits), encoding="utf-8")
+        store.data["audit"] = [a.to_json() for a in audits]
+        store.save()
+    return PreparedRun(path, trials, run_dir, store, time.perf_counter(), audits=audits)
+
+
+def run_trials(
+    run: PreparedRun,
+    run_trial: Callable[[Trial], None],
+    on_failure: Callable[[Trial, str], None],
+) -> str:
+    """Run every trial not done yet; one that raises is recorded as failed and
+    the others go on.
+
+    Returns ``complete`` or ``partial``. ``KeyboardInterrupt`` propagates.
+    """
+    status = "complete"
+    for trial in run.todo:
+        run.store.start_trial(trial.index, trial.point)
+        try:
+            run_trial(trial)
+            run.store.finish_trial(trial.index, "complete")
+        except Exception as exc:  # a failed federation must not lose the others
+            error = f"{type(exc).__name__}: {exc}"
+            run.store.finish_trial(trial.index, "failed", error)
+            status = "partial"
+            on_failure(trial, error)
+    return status
+
+
+def write_report_or_warn(run_dir: Path, say: Callable[[str], None]) -> None:
+    """Write ``report.html`` and ``say`` where; if that fails, ``say`` a warning and go on:
+    the page is derived from the saved results, which are never lost for it."""
     from fedsim.report import write_report
 
     try:
         path = write_report(run_dir)
-    except Exception as exc:  # the page is derived from saved results; never lose a run for it
-        console.print(
-            f"[yellow]warning:[/] report.html not written ({type(exc).__name__}: {exc}); the "
-            f"results are saved; retry with: fedsim report {run_dir}",
-            highlight=False,
+    except Exception as exc:
+        say(
+            f"warning: report.html not written ({type(exc).__name__}: {exc}); the results are "
+            f"saved; retry with: fedsim report {run_dir}"
         )
         return
-    console.print(f"report: {path}", highlight=False)
+    say(f"report: {path}")
+
+
+def finish_run(
+    run: PreparedRun, status: str, reason: str, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Close the store with ``status`` (wall time added to a resumed run's), write
+    the PNGs, ``sweep.csv``, the plots list and ``report.html`` (``say`` tells where,
+    or warns); returns the summary table's rows."""
+    data = run.store.data
+    data["wall_seconds"] = data.get("wall_seconds", 0.0) + time.perf_counter() - run.started
+    run.store.close(status, reason)
+    try:
+        write_outputs(run.store, run.run_dir)
+    finally:
+        write_report_or_warn(run.run_dir, say)
+    return summarise(run.store.data)
 
 
 def run_scenario(
@@ -229,42 +335,24 @@ def run_scenario(
     overrides: list[str],
     out: Path | None,
     console: Console,
+    scoring: ScoringMode = "shared-truth",
     resume: Path | None = None,
 ) -> tuple[Path, str]:
-    """Run the scenario at ``path``; returns the run directory and the final status.
-
-    With ``resume``, finish the interrupted run in that directory instead of
-    starting a new one: its completed points are kept, the others are run.
+    """Run the scenario at ``path`` in Flower's simulation engine; returns the run
+    directory and the final status (``complete``, ``partial`` or ``interrupted``).
 
     Raises:
         ScenarioError: invalid scenario, data, model or defences (nothing written).
         RunError: the run directory cannot be created, or cannot be resumed.
     """
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    raw, trials = load(path, overrides)
-    preflight(trials, str(path))
-    first = trials[0].scenario
-    if resume is not None:
-        check_resumable(resume, trials, str(path))
-        run_dir, store = resume, ResultsStore.resume(resume)
-    else:
-        audited = [t for t in trials if t.scenario.audit is not None]
-        audits = audit_scenario(audited, str(path)) if audited else []
-        run_dir = new_run_dir(out, first.output.dir, first.name)
-        _write_scenario(run_dir, path, overrides, raw, trials)
-        store = ResultsStore(run_dir, first.name)
-        if audits:
-            (run_dir / "audit.json").write_text(audits_json(audits), encoding="utf-8")
-            for audit in audits:
-                print_audit(audit, console)
-            store.data["audit"] = [a.to_json() for a in audits]
-    done = store.completed
-    if done:
-        console.print(f"resuming {run_dir}: {len(done)} of {len(trials)} points done, skipped")
-    status = "complete"
-    started = time.perf_counter()
-    todo = [t for t in trials if t.index not in done]
-    total = sum(t.scenario.federation.rounds for t in todo)
+    run = prepare_run(path, overrides, out, "simulation", scoring, resume)
+    for audit in run.audits:
+        print_audit(audit, console)
+    if run.done:
+        console.print(
+            f"resuming {run.run_dir}: {len(run.done)} of {len(run.trials)} points done, skipped"
+        )
+    total = sum(t.scenario.federation.rounds for t in run.todo)
     from fedsim.federation.runner import run_trial
 
     with Progress(
@@ -276,42 +364,34 @@ def run_scenario(
         console=console,
     ) as progress:
         task = progress.add_task("federation", total=total, note="starting")
+
+        def note(message: str) -> None:
+            if message.startswith("round") and "done" in message:
+                progress.advance(task)
+            progress.update(task, note=message)
+
+        def one(trial: Trial) -> None:
+            label = f"point {trial.index + 1}/{len(run.trials)}"
+            progress.update(task, description=label, note="starting Flower simulation")
+            run_trial(trial, run.store, run.run_dir, note, scoring)
+
+        def failed(trial: Trial, error: str) -> None:
+            console.print(f"[red]point {trial.index + 1}/{len(run.trials)} failed:[/] {error}")
+
         try:
-            for trial in todo:
-                label = f"point {trial.index + 1}/{len(trials)}"
-                progress.update(task, description=label, note="starting Flower simulation")
-                store.start_trial(trial.index, trial.point)
-
-                def note(message: str) -> None:
-                    if message.startswith("round") and "done" in message:
-                        progress.advance(task)
-                    progress.update(task, note=message)
-
-                try:
-                    run_trial(trial, store, run_dir, note)
-                    store.finish_trial(trial.index, "complete")
-                except Exception as exc:  # a failed federation must not lose the others
-                    store.finish_trial(trial.index, "failed", f"{type(exc).__name__}: {exc}")
-                    status = "partial"
-                    console.print(f"[red]{label} failed:[/] {type(exc).__name__}: {exc}")
+            status = run_trials(run, one, failed)
+            reason = ""
         except KeyboardInterrupt:
-            status = "interrupted"
-            for trial in store.data["trials"]:
-                if trial["status"] == "running":
-                    store.finish_trial(trial["index"], "interrupted", "stopped by the user")
-    store.data["wall_seconds"] = store.data.get("wall_seconds", 0.0) + time.perf_counter() - started
-    store.close(status)
-    try:
-        write_outputs(store, run_dir)
-    finally:
-        write_report_or_warn(run_dir, console)
-    console.print(rich_table(summarise(store.data), title=f"{first.name}: {status}"))
-    console.print(rich_table(point_rows(store.data), title="sweep points", shown=POINT_COLUMNS))
-    for reason in sorted(unavailable_metrics(store.data)):
-        console.print(f"[yellow]relative-perceptual-L1 unavailable:[/] {reason}")
+            status, reason = "interrupted", "stopped by the user (Ctrl-C or SIGTERM)"
+    rows = finish_run(run, status, reason, lambda line: console.print(line, highlight=False))
+    name = run.trials[0].scenario.name
+    console.print(rich_table(rows, title=f"{name}: {status}"))
+    console.print(rich_table(point_rows(run.store.data), title="sweep points", shown=POINT_COLUMNS))
+    for message in sorted(unavailable_metrics(run.store.data)):
+        console.print(f"[yellow]relative-perceptual-L1 unavailable:[/] {message}")
     if status == "interrupted":
-        console.print(f"finish it with: fedsim run {path} --resume {run_dir}")
-    return run_dir, status
+        console.print(f"finish it with: fedsim run {path} --resume {run.run_dir}")
+    return run.run_dir, status
 
 
 def unavailable_metrics(results: dict[str, Any]) -> set[str]:

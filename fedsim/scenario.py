@@ -116,6 +116,9 @@ class FederationConfig(Section):
     batch_size: int = Field(1, ge=1)
     lr: float = Field(0.1, gt=0.0)
     local_epochs: int = Field(1, ge=1)
+    round_timeout: float = Field(
+        3600.0, gt=0.0, description="seconds the server waits for a round's replies"
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> FederationConfig:
@@ -135,6 +138,9 @@ class AttackConfig(Section):
     rounds: list[int] | None = Field(None, description="rounds to attack (default: all)")
     max_clients: int = Field(1, ge=1, description="uploads attacked per round (server)")
     knows_labels: bool = Field(False, description="threat model: the attacker is given the labels")
+    clients: list[int] | None = Field(
+        None, min_length=1, description="partition ids to attack when sampled (default: any)"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -178,6 +184,32 @@ class MetricsConfig(Section):
     perceptual: PerceptualConfig | None = None
 
 
+class SimulationConfig(Section):
+    """Flower's simulation engine (Ray): the resources each running client reserves.
+
+    Ray runs ``floor(cpus / client_cpus)`` clients at a time (fewer when GPUs
+    are the limit); clients are built per round from their partition id, so
+    ``num_clients`` costs neither memory nor processes.
+    """
+
+    client_cpus: float = Field(1.0, gt=0.0, description="CPU cores reserved per running client")
+    client_gpus: float = Field(
+        0.0, ge=0.0, description="GPUs per running client; 0.25 puts four clients on a GPU"
+    )
+    cpus: int | None = Field(
+        None, ge=1, description="CPU cores Ray may use (default: all, at most what a round needs)"
+    )
+
+    @model_validator(mode="after")
+    def _one_client_fits(self) -> SimulationConfig:
+        if self.cpus is not None and self.client_cpus > self.cpus:
+            raise ValueError(
+                f"client_cpus ({self.client_cpus:g}) exceeds cpus ({self.cpus}): "
+                "no client could run"
+            )
+        return self
+
+
 class OutputConfig(Section):
     dir: Path = Path("runs")
     save_images: bool = True
@@ -197,16 +229,28 @@ class Scenario(Section):
     defences: list[DefenceConfig] = Field(default_factory=list)
     audit: AuditConfig | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
-    def _attack_rounds_exist(self) -> Scenario:
+    def _attack_targets_exist(self) -> Scenario:
+        fed = self.federation
         for i, attack in enumerate(self.attacks):
-            bad = [r for r in attack.rounds or [] if not 1 <= r <= self.federation.rounds]
+            bad = [r for r in attack.rounds or [] if not 1 <= r <= fed.rounds]
             if bad:
                 raise ValueError(
-                    f"attacks[{i}].rounds: {bad} outside the federation's rounds "
-                    f"1..{self.federation.rounds}"
+                    f"attacks[{i}].rounds: {bad} outside the federation's rounds 1..{fed.rounds}"
+                )
+            if attack.clients is not None and attack.position != "server":
+                raise ValueError(
+                    f"attacks[{i}].clients: a participant sees only the aggregate; "
+                    "choose clients with position = 'server'"
+                )
+            bad = [c for c in attack.clients or [] if not 0 <= c < fed.num_clients]
+            if bad:
+                raise ValueError(
+                    f"attacks[{i}].clients: {bad} outside the partition ids "
+                    f"0..{fed.num_clients - 1}"
                 )
         return self
 
@@ -217,9 +261,10 @@ SECTIONS: dict[str, type[Section]] = {
     "federation": FederationConfig,
     "audit": AuditConfig,
     "metrics": MetricsConfig,
+    "simulation": SimulationConfig,
     "output": OutputConfig,
 }
-RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients", "knows_labels")
+RESERVED_ATTACK_KEYS = ("name", "position", "rounds", "max_clients", "clients", "knows_labels")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.metrics import match_to_originals, mse, psnr, score_batch, ssim
+from fedsim.metrics import (
+    label_count_accuracy,
+    match_scores,
+    match_to_originals,
+    mse,
+    pair_scores,
+    psnr,
+    psnr_from_mse,
+    score_batch,
+    ssim,
+)
 
 
 def image(seed: int, shape: tuple[int, int, int] = (3, 16, 16)) -> np.ndarray:
@@ -80,3 +90,41 @@ def test_score_batch_rejects_shape_mismatch() -> None:
     originals = torch.zeros(2, 3, 16, 16)
     with pytest.raises(ValueError, match="differs"):
         score_batch(originals, torch.tensor([0, 1]), torch.zeros(2, 1, 16, 16), None)
+
+
+def test_matching_over_clients_equals_scoring_their_concatenated_batches() -> None:
+    # A participant's reconstruction of a round's aggregate, scored where each client's
+    # batch lives (one PairScores per client) or with the truth in one place.
+    originals = torch.from_numpy(np.stack([image(s) for s in range(5)])).float()
+    true_labels = torch.tensor([3, 1, 3, 0, 2])
+    noise = 0.02 * torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    reconstructions = (originals[[4, 2, 0, 3, 1]] + noise).clamp(0, 1)
+    labels = torch.tensor([2, 3, 3, 1, 1])
+
+    split = [
+        pair_scores(originals[:2], true_labels[:2], reconstructions, labels),
+        pair_scores(originals[2:], true_labels[2:], reconstructions, labels),
+    ]
+    per_client, count_split = match_scores(split)
+    together = score_batch(originals, true_labels, reconstructions, labels)
+
+    assert per_client == together
+    assert [s.original_index for s in together] == [4, 2, 0, 3, 1]
+    # Σ_k min(n_k, n̂_k) / B: class 3 twice, classes 1 and 2 once, class 0 never.
+    assert count_split == label_count_accuracy(true_labels, labels, 4) == 4 / 5
+
+
+def test_psnr_from_the_pair_mse_matches_psnr_of_the_images() -> None:
+    x, y = image(0), image(1)
+    scores = pair_scores(
+        torch.from_numpy(x[None]).float(),
+        torch.tensor([0]),
+        torch.from_numpy(y[None]).float(),
+        None,
+    )
+
+    (score,), count = match_scores([scores])
+
+    assert count is None and score.label_correct is None
+    assert score.psnr == pytest.approx(psnr(x.astype(np.float32), y.astype(np.float32)))
+    assert score.psnr == pytest.approx(psnr_from_mse(score.mse))

@@ -22,6 +22,7 @@ from torchvision.models import vgg19
 
 from fedsim.federation.client_app import local_update
 from fedsim.federation.observer import AttackTap, ClientUpload
+from fedsim.federation.scoring import SharedTruthScorer
 from fedsim.federation.setup import federated_data, model_factory
 from fedsim.perceptual import (
     VGG19_RELU4_2,
@@ -217,9 +218,9 @@ def tap_records(perceptual: dict[str, object], run_dir: Path) -> dict[str, objec
     update, metrics, truth = local_update(
         trial.scenario, 0, 1, ArrayRecord.from_torch_state_dict(start)
     )
-    store = ResultsStore(run_dir, "x")
+    store = ResultsStore(run_dir, "x", "simulation", "shared-truth", "")
     store.start_trial(0, {})
-    tap = AttackTap(trial, data, factory, store, run_dir, torch.device("cpu"))
+    tap = AttackTap(trial, data, factory, store, run_dir, torch.device("cpu"), SharedTruthScorer())
     upload = ClientUpload(0, update, 1, 1, 1, metrics, truth)
     tap.on_round(1, start, [upload], update)
     return store.data

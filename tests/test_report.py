@@ -58,11 +58,14 @@ FAILURES = {
     (3, 2): ("failed", "objective became non-finite at step 12"),
     (5, 1): ("unsupported", "unsupported layer 'pool' (MaxPool2d): pooling"),
 }
-CLIENT_ERROR = "ClientAppException: client 1 ran out of memory"
+CLIENT_ERROR = "ClientAppException: MemoryError"
+CLIENT_TIMEOUT = "no reply within 30 s (federation.round_timeout)"
 CRASH = "RuntimeError: Ray worker died"
 
 
-def fake_federation(trial: Trial, store: ResultsStore, run_dir: Path, progress: Any) -> None:
+def fake_federation(
+    trial: Trial, store: ResultsStore, run_dir: Path, progress: Any, scoring: str
+) -> None:
     """What a federation writes: accuracy per round, one client failure, and per attack
     the real batch of client 0 with a noisy copy as its reconstruction, scored and saved
     as PNGs exactly as the attack tap does."""
@@ -70,7 +73,13 @@ def fake_federation(trial: Trial, store: ResultsStore, run_dir: Path, progress: 
     for server_round in (0, 1, 2):
         store.set_accuracy(trial.index, server_round, 0.1 + 0.3 * server_round / (1 + sigma))
     if trial.index == 2:
-        store.add_client_failures(trial.index, 2, [CLIENT_ERROR])
+        store.add_client_failures(
+            trial.index,
+            [
+                {"round": 2, "client": 1, "kind": "error", "error": CLIENT_ERROR},
+                {"round": 2, "client": 0, "kind": "timeout", "error": CLIENT_TIMEOUT},
+            ],
+        )
     originals, labels = federated_data(trial.scenario).shards[0].batch(torch.arange(BATCH))
     generator = torch.Generator().manual_seed(trial.index)
     for index, (attack, position) in enumerate(ATTACKS):
@@ -152,14 +161,16 @@ def test_every_reconstruction_is_on_the_page_with_its_scores(big_run: Path) -> N
 def test_failures_are_listed_with_their_reasons(big_run: Path) -> None:
     page = (big_run / "report.html").read_text(encoding="utf-8")
     problems = page[page.index('id="problems"') : page.index('id="reading"')]
-    assert "Problems (5)" in problems
+    assert "Problems (6)" in problems
     assert "run partial" in problems
     assert f"point {FAILED_POINT + 1} (sigma=0.2) failed</b>: {CRASH}" in problems
     for (point, attack), (status, reason) in FAILURES.items():
         name, position = ATTACKS[attack]
         assert f"{name} ({position}) {status}</b>: {reason}" in problems
         assert f"point {point + 1} (sigma={SIGMAS[point]}), round 1, client 0" in problems
-    assert f"client failed</b>: {CLIENT_ERROR}" in problems
+    assert f"client failed</b>: {CLIENT_ERROR} — " in problems
+    assert f"client timed out</b>: {CLIENT_TIMEOUT} — " in problems
+    assert "point 3 (sigma=0.005), round 2, client 1" in problems
 
 
 def test_report_rebuilds_from_the_run_directory(

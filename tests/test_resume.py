@@ -53,7 +53,9 @@ class FakeFederation:
         self.ran: list[int] = []
         self.interrupt_at = interrupt_at
 
-    def __call__(self, trial: Trial, store: ResultsStore, run_dir: Path, progress: Any) -> None:
+    def __call__(
+        self, trial: Trial, store: ResultsStore, run_dir: Path, progress: Any, scoring: str
+    ) -> None:
         if trial.index == self.interrupt_at:
             raise KeyboardInterrupt
         self.ran.append(trial.index)

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 
 from fedsim.cli import main
@@ -83,6 +84,30 @@ BAD_FILES = {
         '[federation]\nrounds = 2\n[[attacks]]\nname = "dlg"\nrounds = [1, 3]\n',
         ["attacks[0].rounds", "[3] outside", "1..2"],
     ),
+    "attacked client beyond the federation": (
+        '[federation]\nnum_clients = 4\n[[attacks]]\nname = "dlg"\nclients = [1, 4]\n',
+        ["attacks[0].clients", "[4] outside", "0..3"],
+    ),
+    "attacked clients for a participant": (
+        '[[attacks]]\nname = "dlg"\nposition = "participant"\nclients = [0]\n',
+        ["attacks[0].clients", "participant sees only the aggregate"],
+    ),
+    "empty attacked clients": (
+        '[[attacks]]\nname = "dlg"\nclients = []\n',
+        ["attacks[0].clients", "at least 1 item"],
+    ),
+    "client needs more cores than Ray gets": (
+        "[simulation]\nclient_cpus = 3\ncpus = 2\n",
+        ["simulation:", "client_cpus (3) exceeds cpus (2)"],
+    ),
+    "negative GPU share": (
+        "[simulation]\nclient_gpus = -0.5\n",
+        ["simulation.client_gpus", "greater than or equal to 0"],
+    ),
+    "zero round timeout": (
+        "[federation]\nround_timeout = 0\n",
+        ["federation.round_timeout", "greater than 0"],
+    ),
     "swept plugin name": (
         '[[attacks]]\nname = ["dlg", "dlg"]\n',
         ["attacks[0].name", "cannot be swept"],
@@ -104,6 +129,18 @@ def test_bad_scenario_is_one_line_exit_2_and_writes_nothing(
 
     assert run_cli(path, out) == 2
     assert_one_line_error(capsys, path, *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_gpu_share_without_a_gpu_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, VALID + "[simulation]\nclient_gpus = 0.5\n")
+    out = tmp_path / "run"
+
+    assert run_cli(path, out) == 2
+    assert_one_line_error(capsys, path, "simulation.client_gpus", "0 CUDA GPUs are visible")
     assert not out.exists()
 
 

@@ -25,24 +25,22 @@ def train_test_split(
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
-def partition_indices(
+def client_partitioner(
     labels: np.ndarray,
     num_partitions: int,
     scheme: str,
     seed: int,
     alpha: float = 0.5,
     min_partition_size: int = 1,
-) -> list[np.ndarray]:
-    """Split positions ``0..len(labels)-1`` among ``num_partitions`` clients.
+) -> Partitioner:
+    """A Flower Datasets partitioner splitting positions ``0..len(labels)-1`` among
+    ``num_partitions`` clients; read one client with :func:`partition_positions`.
 
     Args:
         labels: ``(N,)`` class labels of the samples to split.
         scheme: ``iid`` (shuffled equal shards) or ``dirichlet`` (per-class
             proportions drawn from Dirichlet(``alpha``); small alpha = strong skew).
         min_partition_size: ``dirichlet`` redraws until every client has at least this many.
-
-    Returns:
-        One array of positions per client; together they cover every sample once.
     """
     if num_partitions > len(labels):
         raise ValueError(f"cannot split {len(labels)} samples among {num_partitions} clients")
@@ -64,7 +62,28 @@ def partition_indices(
     else:
         raise ValueError(f"unknown partition scheme {scheme!r}")
     partitioner.dataset = table
-    return [
-        np.asarray(partitioner.load_partition(i)["position"], dtype=np.int64)
-        for i in range(num_partitions)
-    ]
+    return partitioner
+
+
+def partition_positions(partitioner: Partitioner, partition_id: int) -> np.ndarray:
+    """Positions (into the split labels) of client ``partition_id``'s samples."""
+    return np.asarray(partitioner.load_partition(partition_id)["position"], dtype=np.int64)
+
+
+def partition_indices(
+    labels: np.ndarray,
+    num_partitions: int,
+    scheme: str,
+    seed: int,
+    alpha: float = 0.5,
+    min_partition_size: int = 1,
+) -> list[np.ndarray]:
+    """Every client's positions at once (see :func:`client_partitioner`).
+
+    Returns:
+        One array of positions per client; together they cover every sample once.
+    """
+    partitioner = client_partitioner(
+        labels, num_partitions, scheme, seed, alpha, min_partition_size
+    )
+    return [partition_positions(partitioner, i) for i in range(num_partitions)]

@@ -1,6 +1,7 @@
-"""The Flower ClientApp: train on the private shard, defend the upload, reply.
+"""The Flower ClientApp: train on the private shard, defend the upload, reply;
+score reconstructions of its own batch on request.
 
-A reply's ``RecordDict`` holds:
+A train reply's ``RecordDict`` holds:
 
 - ``update`` (ArrayRecord): the defended upload, keyed by parameter name —
   the gradient (``fedsgd``) or the weight delta θ_after − θ_before (``fedavg``);
@@ -11,12 +12,14 @@ A reply's ``RecordDict`` holds:
 - ``truth`` (ArrayRecord, simulation only): the client's real batch, sent only
   when the server's config says ``share-truth``; it is used to score
   reconstructions and never reaches an attack.
+
+The other messages are described in :mod:`fedsim.federation.protocol`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import torch
@@ -25,11 +28,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedsim.api import LocalTraining, TrainingResult, Update
+from fedsim.federation import protocol
 from fedsim.federation.defences import ClientDefences
 from fedsim.federation.setup import derive_seed, federated_data, model_factory
+from fedsim.metrics import pair_scores
 from fedsim.scenario import Scenario
-
-ScenarioSource = Callable[[Context], Scenario]
 
 
 def _fedsgd(task: LocalTraining) -> TrainingResult:
@@ -62,6 +65,33 @@ def _fedavg(task: LocalTraining) -> TrainingResult:
             loss_sum += loss.item()
     delta = {n: p.detach() - before[n] for n, p in model.named_parameters()}
     return TrainingResult(delta, loss_sum / steps, steps, (x, y), len(y))
+
+
+def training_batch(
+    scenario: Scenario, partition_id: int, server_round: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """The samples client ``partition_id`` trains on in ``server_round``: the seeded
+    batch (``fedsgd``) or the whole shard (``fedavg``), as ``(B, C, H, W)`` images in
+    [0, 1] and ``(B,)`` labels, with the generator that then orders FedAvg's epochs.
+
+    Deterministic in (seed, round, partition), so the client can re-derive its
+    batch later to score a reconstruction of it.
+    """
+    shard = federated_data(scenario).shards[partition_id]
+    fed = scenario.federation
+    generator = torch.Generator().manual_seed(
+        derive_seed(scenario.seed, "batch", server_round, partition_id)
+    )
+    if fed.protocol == "fedavg":
+        x, y = shard.batch(torch.arange(len(shard.labels)))
+        return x, y, generator
+    if fed.batch_size > len(shard.labels):
+        raise ValueError(
+            f"batch_size {fed.batch_size} exceeds client {partition_id}'s "
+            f"{len(shard.labels)} samples"
+        )
+    x, y = shard.batch(torch.randperm(len(shard.labels), generator=generator)[: fed.batch_size])
+    return x, y, generator
 
 
 def local_update(
@@ -128,42 +158,80 @@ def save_defence_state(context: Context, state: dict[str, Any]) -> None:
     context.state.config_records[DEFENCE_STATE_KEY] = ConfigRecord({"json": json.dumps(state)})
 
 
-def make_client_app(scenario_source: ScenarioSource) -> ClientApp:
-    """A ClientApp whose scenario comes from ``scenario_source(context)``.
+def _partition(config: ConfigRecord, context: Context, simulated: bool) -> int:
+    """The partition a message is for; on a real node it must be the node's own."""
+    requested = int(config[protocol.PARTITION_ID])  # type: ignore[arg-type]
+    if simulated:
+        return requested
+    own = int(context.node_config["partition-id"])
+    if requested != own:
+        raise ValueError(f"this node holds partition {own}, not {requested}")
+    return own
 
-    Its partition is ``context.node_config["partition-id"]`` (set by Flower's
-    simulation engine, or by ``--node-config`` on a SuperNode).
+
+def make_client_app(simulated: bool) -> ClientApp:
+    """fedsim's ClientApp; its scenario and round come with every message.
+
+    Args:
+        simulated: ``True`` in Flower's simulation engine as ``fedsim run``
+            drives it: nodes are interchangeable stand-ins, each message names the
+            partition to act as, and the client sends its true batch when asked
+            (``share-truth`` scoring). ``False`` on real machines: the node acts
+            only as its own ``--node-config partition-id``, and its batch never
+            leaves it (a ``share-truth`` request fails); reconstructions are scored
+            here through ``query.score``.
     """
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        scenario = scenario_source(context)
         config = msg.content["config"]
-        defence_state = load_defence_state(context)
+        partition = _partition(config, context, simulated)
+        defence_state = (
+            json.loads(str(config.get(protocol.CLIENT_STATE, "{}")))
+            if simulated
+            else load_defence_state(context)
+        )
         update, metrics, (x, y) = local_update(
-            scenario,
-            int(context.node_config["partition-id"]),
-            int(config["server-round"]),
+            protocol.scenario_of(config),
+            partition,
+            int(config[protocol.SERVER_ROUND]),  # type: ignore[arg-type]
             msg.content["arrays"],
             defence_state,
         )
-        save_defence_state(context, defence_state)
         content = RecordDict(
             {
                 "update": ArrayRecord.from_torch_state_dict(update),
                 "metrics": MetricRecord(metrics),
             }
         )
-        if bool(config.get("share-truth", False)):
+        if bool(config.get(protocol.SHARE_TRUTH, False)):
+            if not simulated:
+                raise PermissionError(
+                    "this client does not send its data; score reconstructions on the client"
+                )
             content["truth"] = ArrayRecord.from_torch_state_dict({"images": x, "labels": y})
+        if simulated:
+            content[protocol.CLIENT_STATE] = ConfigRecord({"json": json.dumps(defence_state)})
+        else:
+            save_defence_state(context, defence_state)
         return Message(content=content, reply_to=msg)
 
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        partition = int(context.node_config["partition-id"])
-        return Message(
-            RecordDict({"metrics": MetricRecord({"partition-id": partition})}), reply_to=msg
+    @app.query("partition")
+    def partition(msg: Message, context: Context) -> Message:
+        own = int(context.node_config["partition-id"])
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": own})}), reply_to=msg)
+
+    @app.query("score")
+    def score(msg: Message, context: Context) -> Message:
+        config = msg.content["config"]
+        x, y, _ = training_batch(
+            protocol.scenario_of(config),
+            _partition(config, context, simulated),
+            int(config[protocol.SERVER_ROUND]),  # type: ignore[arg-type]
         )
+        images, labels = protocol.reconstruction_of(msg.content["reconstruction"])
+        scores = pair_scores(x, y, images, labels)
+        return Message(RecordDict({"scores": protocol.scores_record(scores)}), reply_to=msg)
 
     return app

@@ -2,10 +2,12 @@
 
 For every configured attack it builds the :class:`~fedsim.api.Observation` its
 position allows (``server``: each client's upload; ``participant``: the round's
-aggregate), runs the plugin, scores the result against the ground truth that
-travelled separately, saves PNGs and appends a :class:`Record`. It also stores
-the round's defence measurements (what the clients and the server's aggregate
-defence reported: noise, ε) for the sweep results.
+aggregate), runs the plugin, has the result scored against the ground truth
+(by the :class:`~fedsim.federation.scoring.Scorer`: with the truth that
+travelled separately, or on the clients), saves PNGs and appends a
+:class:`Record`. It also stores the round's defence measurements (what the
+clients and the server's aggregate defence reported: noise, ε) for the sweep
+results.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import numpy as np
 import torch
 
 from fedsim.api import Attack, Observation, Reconstruction, Update
+from fedsim.federation.scoring import Scorer, ScoringError, Truth
 from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
-from fedsim.metrics import SUCCESS_PSNR, label_count_accuracy, score_batch
+from fedsim.metrics import SUCCESS_PSNR, match_scores
 from fedsim.perceptual import PerceptualMetric, build_perceptual_metric
 from fedsim.registry import discover
 from fedsim.results.images import save_png
@@ -40,7 +43,7 @@ class ClientUpload:
     batch_size: int
     local_steps: int
     metrics: dict[str, float]
-    truth: tuple[torch.Tensor, torch.Tensor] | None
+    truth: Truth | None
 
 
 Progress = Callable[[str], None]
@@ -120,6 +123,7 @@ class AttackTap:
         store: ResultsStore,
         run_dir: Path,
         device: torch.device,
+        scorer: Scorer,
         progress: Progress = lambda _msg: None,
     ) -> None:
         self.trial, self.data, self.factory = trial, data, factory
@@ -127,6 +131,7 @@ class AttackTap:
         self.perceptual = perceptual_metric(trial.scenario, data.input_shape[0], device)
         if self.perceptual is not None:
             store.set_trial_info(trial.index, "rel_perceptual_l1", self.perceptual.info)
+        self.scorer = scorer
         plugins = discover().attacks
         self.attacks = [
             (i, config, plugins[config.name](plugins[config.name].Params(**config.params)))
@@ -153,7 +158,7 @@ class AttackTap:
         for index, config, attack in self.attacks:
             if config.rounds is not None and server_round not in config.rounds:
                 continue
-            for observation, truth, measured in self._observations(
+            for observation, holders, measured in self._observations(
                 index, config, server_round, start, uploads, aggregate, aggregate_measurements
             ):
                 who = (
@@ -170,7 +175,7 @@ class AttackTap:
                         config,
                         observation,
                         result,
-                        truth,
+                        holders,
                         measured,
                         time.perf_counter() - began,
                     )
@@ -185,7 +190,9 @@ class AttackTap:
         uploads: list[ClientUpload],
         aggregate: Update,
         aggregate_measurements: dict[str, float],
-    ) -> list[tuple[Observation, tuple[torch.Tensor, torch.Tensor] | None, dict[str, float]]]:
+    ) -> list[tuple[Observation, list[ClientUpload], dict[str, float]]]:
+        """Each observation this attack makes, with the uploads behind it and their
+        measurements."""
         fed = self.trial.scenario.federation
         kind = "gradient" if fed.protocol == "fedsgd" else "delta"
         common: dict[str, Any] = dict(
@@ -200,7 +207,8 @@ class AttackTap:
             device=self.device,
         )
         if config.position == "server":
-            chosen = sorted(uploads, key=lambda u: u.client)[: config.max_clients]
+            targets = [u for u in uploads if config.clients is None or u.client in config.clients]
+            chosen = sorted(targets, key=lambda u: u.client)[: config.max_clients]
             return [
                 (
                     Observation(
@@ -214,25 +222,25 @@ class AttackTap:
                             self.trial.scenario.seed, "attack", index, server_round, u.client
                         ),
                     ),
-                    u.truth,
+                    [u],
                     u.metrics,
                 )
                 for u in chosen
             ]
         truths = [u.truth for u in uploads]
-        truth = None
-        if all(t is not None for t in truths):
-            truth = (torch.cat([t[0] for t in truths]), torch.cat([t[1] for t in truths]))  # type: ignore[index]
+        labels = None
+        if config.knows_labels and all(t is not None for t in truths):
+            labels = torch.cat([t[1] for t in truths])  # type: ignore[index]
         observation = Observation(
             **common,
             client_id=None,
             update=aggregate,
             batch_size=sum(u.batch_size for u in uploads),
             local_steps=max(u.local_steps for u in uploads),
-            labels=truth[1] if config.knows_labels and truth else None,
+            labels=labels,
             seed=derive_seed(self.trial.scenario.seed, "attack", index, server_round, "aggregate"),
         )
-        return [(observation, truth, aggregate_measurements)]
+        return [(observation, uploads, aggregate_measurements)]
 
     def _record(
         self,
@@ -240,7 +248,7 @@ class AttackTap:
         config: AttackConfig,
         observation: Observation,
         result: Reconstruction,
-        truth: tuple[torch.Tensor, torch.Tensor] | None,
+        holders: list[ClientUpload],
         measured: dict[str, float],
         seconds: float,
     ) -> Record:
@@ -259,12 +267,18 @@ class AttackTap:
             defence_measurements=defence_measurements(measured),
             attack_seconds=seconds,
         )
-        if result.status != "ok" or truth is None:
+        if result.status != "ok":
             return record
-        originals, labels = truth
         try:
-            scores = score_batch(originals, labels, result.images, result.labels)  # type: ignore[arg-type]
-        except ValueError as exc:
+            scored = self.scorer.score(
+                observation.round,
+                [u.client for u in holders],
+                [u.truth for u in holders],
+                result.images,  # type: ignore[arg-type]
+                result.labels,
+            )
+            scores, label_count = match_scores(scored.parts)
+        except (ScoringError, ValueError) as exc:
             record.status, record.reason = "failed", f"cannot score: {exc}"
             return record
         stem = (
@@ -277,17 +291,18 @@ class AttackTap:
         for k, score in enumerate(scores):
             original = reconstruction = None
             if self.trial.scenario.output.save_images:
-                original = f"images/{stem}_{k}_original.png"
                 reconstruction = f"images/{stem}_{k}_reconstruction.png"
-                save_png(originals[score.original_index], self.run_dir / original)
                 save_png(result.images[k], self.run_dir / reconstruction)  # type: ignore[index]
+                if scored.originals is not None:
+                    original = f"images/{stem}_{k}_original.png"
+                    save_png(scored.originals[score.original_index], self.run_dir / original)
             record.images.append(
                 {**score.as_dict(), "original_png": original, "reconstruction_png": reconstruction}
             )
-            if self.perceptual is not None:
+            if self.perceptual is not None and scored.originals is not None:
                 perceptual.append(
                     self.perceptual(
-                        originals[score.original_index].detach().cpu().numpy(),
+                        scored.originals[score.original_index].detach().cpu().numpy(),
                         result.images[k].detach().clamp(0, 1).cpu().numpy(),  # type: ignore[index]
                     )
                 )
@@ -298,9 +313,7 @@ class AttackTap:
             "ssim": float(np.mean([s.ssim for s in scores])),
             "mse": float(np.mean([s.mse for s in scores])),
             "label_accuracy": float(np.mean(labelled)) if labelled else None,
-            "label_count_accuracy": None
-            if result.labels is None
-            else label_count_accuracy(labels, result.labels, observation.num_classes),
+            "label_count_accuracy": label_count,
             "success": float(all(s.psnr >= SUCCESS_PSNR for s in scores)),
             "psnr_peak": scores[0].psnr_peak,
             "psnr_255": float(np.mean([s.psnr_255 for s in scores])),

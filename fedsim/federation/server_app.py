@@ -1,110 +1,128 @@
-"""The Flower ServerApp: seeded client sampling, aggregation, and the attack tap.
+"""The Flower ServerApp's federation: seeded client sampling, aggregation, the attack tap.
 
 The strategy subclasses Flower's ``FedAvg`` and overrides two steps:
-``configure_train`` (sample ``clients_per_round`` clients with a seeded RNG
-and remember the parameters they start from) and ``aggregate_train`` (split
-ground truth off every reply, average the uploads — or let the scenario's
+``configure_train`` (sample ``clients_per_round`` clients with a seeded RNG,
+route them to nodes, remember the parameters they start from) and
+``aggregate_train`` (record failed and timed-out clients, split ground truth
+off every reply, average the uploads — or let the scenario's
 ``aggregate``-stage defence combine them — apply the result, and hand the
 round to the :class:`~fedsim.federation.observer.AttackTap`).
+
+:func:`run_federation` runs one trial on a Flower ``Grid``; the ServerApps of
+the simulation (``runner.py``) and of the deployment engine (``deployment.py``)
+both call it.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.api import Update
+from fedsim.federation import protocol
 from fedsim.federation.defences import ServerAggregation
-from fedsim.federation.observer import AttackTap, ClientUpload
-from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
-from fedsim.scenario import Scenario
+from fedsim.federation.nodes import NodePlacement, error_summary
+from fedsim.federation.observer import AttackTap, ClientUpload, Progress
+from fedsim.federation.scoring import OnClientScorer, Scorer, ScoringMode, SharedTruthScorer
+from fedsim.federation.setup import (
+    FederatedData,
+    ModelFactory,
+    derive_seed,
+    federated_data,
+    model_factory,
+    resolve_device,
+)
+from fedsim.results.store import ResultsStore
+from fedsim.scenario import Scenario, Trial
 
-RoundHook = Callable[[int, float], None]
-"""Called after each round's central evaluation with (round, test accuracy)."""
 
+@dataclass(frozen=True)
+class ClientFailure:
+    """A sampled client whose round produced no upload; the round went on without it."""
 
-def partition_nodes(grid: Grid, num_clients: int, timeout: float = 600.0) -> dict[int, int]:
-    """Ask every node for its partition id; returns partition id → node id.
-
-    Sampling by partition id (not by Flower's random node ids) makes the same
-    seed pick the same clients, and so the same batches, in every sweep point.
-    """
-    deadline = time.monotonic() + timeout
-    while len(nodes := list(grid.get_node_ids())) < num_clients:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(nodes)} of {num_clients} clients connected")
-        time.sleep(0.2)
-    queries = [
-        Message(
-            RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type=MessageType.QUERY
-        )
-        for n in nodes
-    ]
-    found = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
-        if not reply.has_error():
-            found[int(reply.content["metrics"]["partition-id"])] = reply.metadata.src_node_id
-    if len(found) < num_clients:
-        raise RuntimeError(f"only {len(found)} of {num_clients} clients reported a partition id")
-    return found
+    round: int
+    client: int
+    kind: Literal["error", "timeout"]
+    error: str
 
 
 class AttackedFedAvg(FedAvg):
     """FedSGD/FedAvg whose every round is observed by the configured attackers."""
 
     def __init__(
-        self, scenario: Scenario, tap: AttackTap, failures: Callable[[int, list[str]], None]
+        self,
+        scenario: Scenario,
+        tap: AttackTap,
+        nodes: NodePlacement,
+        failures: Callable[[list[ClientFailure]], None],
     ) -> None:
         fed = scenario.federation
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=0.0,
             min_train_nodes=fed.clients_per_round,
-            min_available_nodes=fed.num_clients,
+            min_available_nodes=fed.clients_per_round,
         )
-        self.scenario, self.tap, self.failures = scenario, tap, failures
+        self.scenario, self.tap, self.nodes, self.failures = scenario, tap, nodes, failures
+        self.scenario_json = scenario.model_dump_json()
         self.aggregation = ServerAggregation(scenario)
         self._start: Update = {}
-        self._nodes: dict[int, int] = {}
+        self._sent: dict[int, int] = {}
+        self._client_state: dict[int, str] = {}
+        """Each partition's state across rounds (JSON), kept for stand-in nodes."""
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if not self._nodes:
-            self._nodes = partition_nodes(grid, self.scenario.federation.num_clients)
+        fed = self.scenario.federation
         rng = random.Random(derive_seed(self.scenario.seed, "sample", server_round))
-        partitions = rng.sample(sorted(self._nodes), self.scenario.federation.clients_per_round)
-        chosen = [self._nodes[p] for p in sorted(partitions)]
+        partitions = sorted(rng.sample(range(fed.num_clients), fed.clients_per_round))
+        route = self.nodes.nodes_for(grid, partitions)
+        self._sent = {route[p]: p for p in partitions}
         self._start = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, chosen, MessageType.TRAIN)
+        return [
+            Message(
+                RecordDict(
+                    {
+                        self.arrayrecord_key: arrays,
+                        self.configrecord_key: ConfigRecord(
+                            {
+                                **config,
+                                **protocol.message_config(self.scenario_json, server_round, p),
+                                **self._state_for(p),
+                            }
+                        ),
+                    }
+                ),
+                dst_node_id=route[p],
+                message_type=MessageType.TRAIN,
+            )
+            for p in partitions
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        errors = [
-            f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()
-        ]
-        if errors:
-            self.failures(server_round, errors)
+        failures = self._failures(server_round, replies)
+        if failures:
+            self.failures(failures)
         uploads = [_upload(m) for m in replies if not m.has_error()]
+        if self.nodes.stand_ins:
+            for m in replies:
+                if not m.has_error() and protocol.CLIENT_STATE in m.content.config_records:
+                    partition = self._sent[m.metadata.src_node_id]
+                    state = m.content.config_records[protocol.CLIENT_STATE]["json"]
+                    self._client_state[partition] = str(state)
         if not uploads:
             return None, None
         aggregate, aggregate_measurements = self.aggregation(
@@ -122,6 +140,33 @@ class AttackedFedAvg(FedAvg):
         return ArrayRecord.from_torch_state_dict(new_state), MetricRecord(
             {"train-loss": loss, "clients": len(uploads)}
         )
+
+    def _state_for(self, partition: int) -> dict[str, str]:
+        """The ``client-state`` entry of ``partition``'s train config (stand-in nodes only)."""
+        if not self.nodes.stand_ins:
+            return {}
+        return {protocol.CLIENT_STATE: self._client_state.get(partition, "{}")}
+
+    def _failures(self, server_round: int, replies: list[Message]) -> list[ClientFailure]:
+        """Error replies, and sampled clients with no reply within ``round_timeout``."""
+        failures = [
+            ClientFailure(
+                server_round,
+                self._sent[m.metadata.src_node_id],
+                "error",
+                error_summary(m.error.reason),
+            )
+            for m in replies
+            if m.has_error()
+        ]
+        answered = {m.metadata.src_node_id for m in replies}
+        timeout = self.scenario.federation.round_timeout
+        failures += [
+            ClientFailure(server_round, p, "timeout", f"no reply within {timeout:g} s")
+            for node, p in self._sent.items()
+            if node not in answered
+        ]
+        return sorted(failures, key=lambda f: f.client)
 
 
 def _upload(message: Message) -> ClientUpload:
@@ -157,33 +202,48 @@ def test_accuracy(
     return correct / len(data.test.labels)
 
 
-def make_server_app(
-    scenario_source: Callable[[Context], Scenario],
-    tap_source: Callable[[Context], AttackTap],
-    on_accuracy: RoundHook,
-    on_failures: Callable[[int, list[str]], None],
-    share_truth: bool,
-) -> ServerApp:
-    """A ServerApp running the scenario's federation with its attack tap."""
-    app = ServerApp()
+def run_federation(
+    grid: Grid,
+    trial: Trial,
+    store: ResultsStore,
+    run_dir: Path,
+    nodes: NodePlacement,
+    scoring: ScoringMode,
+    progress: Progress,
+) -> None:
+    """Run ``trial``'s federation on ``grid``: rounds, central test accuracy, attacks.
 
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        scenario = scenario_source(context)
-        tap = tap_source(context)
-        strategy = AttackedFedAvg(scenario, tap, on_failures)
+    Accuracy, client failures and scored attack records land in ``store`` as
+    rounds finish; ``progress`` receives one-line notes.
+    """
+    scenario = trial.scenario
+    fed = scenario.federation
+    data = federated_data(scenario)
+    factory = model_factory(scenario, data)
+    scorer: Scorer = (
+        SharedTruthScorer()
+        if scoring == "shared-truth"
+        else OnClientScorer(grid, nodes, scenario.model_dump_json(), fed.round_timeout)
+    )
+    device = resolve_device(scenario.device)
+    tap = AttackTap(trial, data, factory, store, run_dir, device, scorer, progress)
 
-        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            accuracy = test_accuracy(tap.factory, tap.data, arrays.to_torch_state_dict())
-            on_accuracy(server_round, accuracy)
-            return MetricRecord({"accuracy": accuracy})
+    def on_failures(failures: list[ClientFailure]) -> None:
+        store.add_client_failures(trial.index, [asdict(f) for f in failures])
+        progress(f"round {failures[0].round}: {len(failures)} client(s) failed")
 
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord.from_torch_state_dict(tap.factory().state_dict()),
-            num_rounds=scenario.federation.rounds,
-            train_config=ConfigRecord({"share-truth": share_truth}),
-            evaluate_fn=evaluate,
-        )
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        accuracy = test_accuracy(factory, data, arrays.to_torch_state_dict())
+        store.set_accuracy(trial.index, server_round, accuracy)
+        if server_round:
+            progress(f"round {server_round}/{fed.rounds} done, test accuracy {accuracy:.3f}")
+        return MetricRecord({"accuracy": accuracy})
 
-    return app
+    AttackedFedAvg(scenario, tap, nodes, on_failures).start(
+        grid=grid,
+        initial_arrays=ArrayRecord.from_torch_state_dict(factory().state_dict()),
+        num_rounds=fed.rounds,
+        timeout=fed.round_timeout,
+        train_config=ConfigRecord({protocol.SHARE_TRUTH: scoring == "shared-truth"}),
+        evaluate_fn=evaluate,
+    )

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from flwr_datasets.partitioner import Partitioner
 from torch import nn
 
 from fedsim.data.datasets import (
@@ -24,7 +27,7 @@ from fedsim.data.datasets import (
     load_mnist,
     load_photos,
 )
-from fedsim.data.partition import partition_indices, train_test_split
+from fedsim.data.partition import client_partitioner, partition_positions, train_test_split
 from fedsim.models.zoo import build_model
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import DataConfig, DefenceConfig, ModelConfig, Scenario
@@ -71,12 +74,49 @@ def select_classes(data: ImageData, names: list[str]) -> ImageData:
     return ImageData(subset.images, labels, tuple(names))
 
 
+class Shards:
+    """The clients' private shards as views of one training split.
+
+    ``shards[i]`` builds client ``i``'s :class:`ImageData` when asked for, and
+    the partitioner computes a client's share only then (IID: one client's
+    positions; Dirichlet draws all clients' proportions once), so a process that
+    serves a few clients of a large federation neither holds nor splits them all.
+    """
+
+    def __init__(self, train: ImageData, partitioner: Partitioner) -> None:
+        self.train, self.partitioner = train, partitioner
+        self._positions: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.partitioner.num_partitions
+
+    def positions(self, partition_id: int) -> np.ndarray:
+        """Positions of client ``partition_id``'s samples in the training split."""
+        if not 0 <= partition_id < len(self):
+            raise IndexError(f"no client {partition_id} among {len(self)}")
+        with self._lock:
+            if partition_id not in self._positions:
+                self._positions[partition_id] = partition_positions(self.partitioner, partition_id)
+            return self._positions[partition_id]
+
+    def __getitem__(self, partition_id: int) -> ImageData:
+        return self.train.subset(self.positions(partition_id))
+
+    def __iter__(self) -> Iterator[ImageData]:
+        return (self[i] for i in range(len(self)))
+
+    def sizes(self) -> list[int]:
+        """Number of samples of each client's shard."""
+        return [len(self.positions(i)) for i in range(len(self))]
+
+
 @dataclass(frozen=True)
 class FederatedData:
     """The held-out test split and each client's private training shard."""
 
     test: ImageData
-    shards: tuple[ImageData, ...]
+    shards: Shards
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -93,12 +133,11 @@ def _federated_data(data_json: str, num_clients: int, seed: int) -> FederatedDat
     data = load_images(config, seed)
     labels = data.labels.numpy()
     train_idx, test_idx = train_test_split(labels, config.test_fraction, seed, config.holdout)
-    shards = partition_indices(
+    partitioner = client_partitioner(
         labels[train_idx], num_clients, config.partition, seed, alpha=config.alpha
     )
     return FederatedData(
-        test=data.subset(test_idx),
-        shards=tuple(data.subset(train_idx[positions]) for positions in shards),
+        test=data.subset(test_idx), shards=Shards(data.subset(train_idx), partitioner)
     )
 
 

@@ -1,11 +1,14 @@
 """The results store: append-only records, written atomically after every change.
 
 ``results.json`` always parses, whatever moment a run is interrupted at; it
-holds the run's status, one entry per trial (sweep point) with the model's
-test accuracy and the defences' measurements per round, and one
-:class:`Record` per attack on one upload. ``metrics.csv`` is the records
-flattened, one row per record. A run stopped half-way is reopened with
-:meth:`ResultsStore.resume`, which keeps the trials that completed.
+holds the run's status (``running`` until the run ends: a run killed with
+SIGKILL stays ``running``, with everything up to its last finished round or
+record; ``pid`` is the process that wrote it), the engine and ground-truth
+scoring mode, one entry per trial (sweep point) with the model's test
+accuracy and the defences' measurements per round and the clients that
+failed, and one :class:`Record` per attack on one upload. ``metrics.csv`` is
+the records flattened, one row per record. A run stopped half-way is reopened
+with :meth:`ResultsStore.resume`, which keeps the trials that completed.
 """
 
 from __future__ import annotations
@@ -143,7 +146,11 @@ def atomic_write(path: Path, text: str) -> None:
 class ResultsStore:
     """Thread-safe store of one run's results in ``run_dir``."""
 
-    def __init__(self, run_dir: Path, scenario_name: str) -> None:
+    def __init__(
+        self, run_dir: Path, scenario_name: str, engine: str, ground_truth: str, note: str
+    ) -> None:
+        """``engine``: ``simulation`` or ``deployment``; ``ground_truth``: the scoring
+        mode (``shared-truth`` or ``on-client``), explained by ``note``."""
         self.run_dir = run_dir
         self._lock = threading.Lock()
         self.data: dict[str, Any] = {
@@ -153,7 +160,10 @@ class ResultsStore:
             "started": _now(),
             "finished": None,
             "status": "running",
-            "ground_truth": "simulation: clients send their true batch to the scorer only",
+            "pid": os.getpid(),
+            "engine": engine,
+            "ground_truth": ground_truth,
+            "ground_truth_note": note,
             "trials": [],
             "records": [],
         }
@@ -173,7 +183,7 @@ class ResultsStore:
         done = store_completed(data)
         data["trials"] = [t for t in data["trials"] if t["index"] in done]
         data["records"] = [r for r in data["records"] if r["trial"] in done]
-        data.update(status="running", finished=None)
+        data.update(status="running", finished=None, pid=os.getpid())
         data.setdefault("resumed", []).append(_now())
         store.data = data
         store.save()
@@ -184,6 +194,10 @@ class ResultsStore:
         """Indices of the trials that completed."""
         with self._lock:
             return store_completed(self.data)
+
+    @property
+    def open(self) -> bool:
+        return self.data["status"] == "running"
 
     def _trial(self, index: int) -> dict[str, Any]:
         return next(t for t in self.data["trials"] if t["index"] == index)
@@ -207,8 +221,9 @@ class ResultsStore:
 
     def set_accuracy(self, index: int, server_round: int, accuracy: float) -> None:
         with self._lock:
-            self._trial(index)["accuracy"][str(server_round)] = accuracy
-            self._save()
+            if self.open:
+                self._trial(index)["accuracy"][str(server_round)] = accuracy
+                self._save()
 
     def add_round_defences(
         self,
@@ -227,18 +242,20 @@ class ResultsStore:
         if not summary and not aggregate:
             return
         with self._lock:
-            self._trial(index)["defences"][str(server_round)] = {
-                "clients": summary,
-                "aggregate": aggregate,
-            }
-            self._save()
+            if self.open:
+                self._trial(index)["defences"][str(server_round)] = {
+                    "clients": summary,
+                    "aggregate": aggregate,
+                }
+                self._save()
 
-    def add_client_failures(self, index: int, server_round: int, errors: list[str]) -> None:
-        """Record clients whose round failed (the round went on with the others)."""
+    def add_client_failures(self, index: int, failures: list[dict[str, Any]]) -> None:
+        """Record clients whose round failed (the round went on with the others):
+        each ``{"round", "client", "kind": "error" | "timeout", "error"}``."""
         with self._lock:
-            trial = self._trial(index)
-            trial["client_failures"].extend({"round": server_round, "error": e} for e in errors)
-            self._save()
+            if self.open:
+                self._trial(index)["client_failures"].extend(failures)
+                self._save()
 
     def set_trial_info(self, index: int, key: str, value: Any) -> None:
         """Record ``value`` under ``key`` in trial ``index`` (e.g. an optional metric's status)."""
@@ -255,10 +272,9 @@ class ResultsStore:
     def add(self, record: Record) -> None:
         """Append ``record``; ignored once the store is closed (a run stopping)."""
         with self._lock:
-            if self.data["status"] != "running":
-                return
-            self.data["records"].append(asdict(record))
-            self._save()
+            if self.open:
+                self.data["records"].append(asdict(record))
+                self._save()
 
     def set_plots(self, plots: list[dict[str, str]]) -> None:
         """List the run's PNGs as ``{"path", "title"}`` (paths relative to the run directory)."""
@@ -266,8 +282,14 @@ class ResultsStore:
             self.data["plots"] = plots
             self._save()
 
-    def close(self, status: str) -> None:
+    def close(self, status: str, reason: str = "") -> None:
+        """End the run with ``status``; trials still running end ``interrupted``
+        with ``reason``. Later changes are ignored (a federation thread may outlive
+        an interrupted run)."""
         with self._lock:
+            for trial in self.data["trials"]:
+                if trial["status"] == "running":
+                    trial.update(status="interrupted", error=reason, finished=_now())
             self.data.update(status=status, finished=_now())
             self._save()
 

@@ -1,0 +1,85 @@
+"""fedsim's ServerApp and ClientApp for Flower's deployment engine.
+
+``flwr run`` loads these two objects (see ``deploy/pyproject.toml``); a
+SuperLink runs the ServerApp, and each SuperNode, started with
+``--node-config "partition-id=N"``, runs the ClientApp for its own client.
+They are the same code that ``fedsim run`` drives in simulation, with the
+switches set for real machines: each node serves only its own partition, and
+reconstructions are scored on the clients (``on-client``), so no image leaves
+a client.
+
+Run config (``flwr run ... --run-config 'scenario="..." run-dir="..."'``):
+
+- ``scenario``: path of the scenario TOML file, read by the ServerApp;
+  relative paths start from the SuperLink's working directory.
+- ``run-dir``: run directory to create there (must not exist); empty: a new
+  directory under the scenario's ``output.dir``.
+
+The ServerApp runs every sweep point and writes the same run directory as
+``fedsim run``; its progress goes to Flower's log (``flwr run --stream`` or
+``flwr log``). Clients receive the scenario with each message and need only
+fedsim installed (and, for file datasets, the data under ``data.root``).
+"""
+
+from __future__ import annotations
+
+import io
+from logging import ERROR, INFO
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+
+from fedsim.federation.client_app import make_client_app
+from fedsim.federation.nodes import DeployedNodes
+from fedsim.federation.server_app import run_federation
+from fedsim.results.table import rich_table
+from fedsim.run import finish_run, prepare_run, run_trials
+from fedsim.scenario import Trial
+
+SCORING = "on-client"
+
+
+def _run_config_path(context: Context, key: str) -> Path | None:
+    value = context.run_config.get(key, "")
+    if not isinstance(value, str):
+        raise ValueError(f"run config {key!r} must be a string path, got {value!r}")
+    return Path(value) if value else None
+
+
+def _progress(message: str) -> None:
+    log(INFO, "fedsim: %s", message)
+
+
+def _main(grid: Grid, context: Context) -> None:
+    scenario = _run_config_path(context, "scenario")
+    if scenario is None:
+        raise ValueError("run config 'scenario' is empty: give the scenario file's path")
+    run = prepare_run(scenario, [], _run_config_path(context, "run-dir"), "deployment", SCORING)
+    _progress(f"run directory {run.run_dir.resolve()}")
+
+    def one(trial: Trial) -> None:
+        _progress(f"point {trial.index + 1}/{len(run.trials)}: {trial.point or 'no sweep'}")
+        fed = trial.scenario.federation
+        nodes = DeployedNodes(fed.num_clients, fed.round_timeout)
+        run_federation(grid, trial, run.store, run.run_dir, nodes, SCORING, _progress)
+
+    def failed(trial: Trial, error: str) -> None:
+        log(ERROR, "fedsim: point %d failed: %s", trial.index + 1, error)
+
+    status, reason = "interrupted", "the ServerApp was stopped"
+    try:
+        status, reason = run_trials(run, one, failed), ""
+    finally:
+        rows = finish_run(run, status, reason, _progress)
+        table = io.StringIO()
+        Console(file=table, width=120).print(rich_table(rows, title=f"{status}"))
+        _progress(f"{status}; results in {run.run_dir.resolve()}\n{table.getvalue()}")
+
+
+server_app = ServerApp()
+server_app.main()(_main)
+
+client_app = make_client_app(simulated=False)

@@ -1,0 +1,144 @@
+"""fedsim's ClientApp called directly: the simulation/deployment switch and on-client scoring."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.federation import protocol
+from fedsim.federation.client_app import make_client_app, training_batch
+from fedsim.federation.setup import federated_data, model_factory
+from fedsim.scenario import Scenario, expand
+
+NODE_PARTITION = 1
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> Iterator[None]:
+    """Flower's Message needs the identity a running Flower process would set."""
+    saved = {k: getattr(TaskIdentity, f"_{k}", None) for k in ("task_id", "run_id", "node_id")}
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    for key, value in saved.items():
+        setattr(TaskIdentity, f"_{key}", value)
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Scenario:
+    raw = {
+        "data": {"dataset": "digits", "image_size": 8, "max_samples": 100},
+        "model": {"name": "convnet", "layers": [[3, 4, 2]], "activation": "tanh"},
+        "federation": {"num_clients": 3, "batch_size": 2},
+    }
+    return expand(raw, "test")[0].scenario
+
+
+def context() -> Context:
+    return Context(
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": NODE_PARTITION},
+        state=RecordDict(),
+        run_config={},
+    )
+
+
+def message(scenario: Scenario, kind: str, partition: int, **records: object) -> Message:
+    config = protocol.message_config(scenario.model_dump_json(), 2, partition)
+    return Message(RecordDict({"config": config, **records}), dst_node_id=5, message_type=kind)  # type: ignore[arg-type]
+
+
+def train_message(scenario: Scenario, partition: int, share_truth: bool) -> Message:
+    msg = message(
+        scenario,
+        MessageType.TRAIN,
+        partition,
+        arrays=ArrayRecord.from_torch_state_dict(
+            model_factory(scenario, federated_data(scenario))().state_dict()
+        ),
+    )
+    msg.content["config"][protocol.SHARE_TRUTH] = share_truth
+    return msg
+
+
+def test_simulated_client_acts_as_the_named_partition_and_shares_its_batch(
+    scenario: Scenario,
+) -> None:
+    reply = make_client_app(simulated=True)(train_message(scenario, 2, True), context())
+
+    assert reply.content["metrics"]["partition-id"] == 2
+    truth = reply.content["truth"].to_torch_state_dict()
+    x, y, _ = training_batch(scenario, 2, 2)
+    assert torch.equal(truth["images"], x) and torch.equal(truth["labels"], y)
+
+
+def test_deployed_client_keeps_its_batch_and_serves_only_its_partition(
+    scenario: Scenario,
+) -> None:
+    app = make_client_app(simulated=False)
+
+    reply = app(train_message(scenario, NODE_PARTITION, False), context())
+    assert "truth" not in reply.content
+    assert reply.content["metrics"]["partition-id"] == NODE_PARTITION
+    with pytest.raises(PermissionError, match="does not send its data"):
+        app(train_message(scenario, NODE_PARTITION, True), context())
+    with pytest.raises(ValueError, match="holds partition 1, not 2"):
+        app(train_message(scenario, 2, False), context())
+
+
+def test_client_scores_a_reconstruction_of_its_own_batch(scenario: Scenario) -> None:
+    x, y, _ = training_batch(scenario, NODE_PARTITION, 2)
+    # The reconstruction: the batch in reverse order, the second image perturbed,
+    # and labels of which only the first is right.
+    images = x.flip(0).clone()
+    images[1] = (images[1] + 0.1).clamp(0, 1)
+    labels = torch.stack([y[1], (y[0] + 1) % 10])
+    record = protocol.reconstruction_record(images, labels)
+
+    reply = make_client_app(simulated=False)(
+        message(scenario, protocol.SCORE_QUERY, NODE_PARTITION, reconstruction=record),
+        context(),
+    )
+
+    scores = protocol.scores_of(reply.content["scores"])
+    assert set(reply.content.keys()) == {"scores"}  # numbers only, no images
+    assert scores.mse.shape == scores.ssim.shape == (2, 2)
+    assert scores.mse[1, 0] == 0.0 and scores.ssim[1, 0] == pytest.approx(1.0)
+    assert 0.0 < scores.mse[0, 1] <= 0.01
+    assert scores.label_equal is not None
+    assert np.array_equal(np.diag(np.fliplr(scores.label_equal)), [False, True])
+
+
+def test_client_state_follows_the_partition_across_stand_in_nodes(scenario: Scenario) -> None:
+    """A local-DP client's accountant persists per partition: in simulation the state
+    comes back in the reply and is handed to whichever stand-in node serves the
+    partition next; on a real node it stays in ``Context.state``."""
+    dp = scenario.model_copy(
+        update={"defences": expand(
+            {"defences": [{"name": "dp_gaussian", "clip_norm": 1.0, "noise_multiplier": 1.0}]},
+            "test",
+        )[0].scenario.defences}
+    )  # fmt: skip
+    app = make_client_app(simulated=True)
+    first = app(train_message(dp, 2, False), context())
+    state = str(first.content[protocol.CLIENT_STATE]["json"])
+    again = train_message(dp, 2, False)
+    again.content["config"][protocol.CLIENT_STATE] = state
+    second = app(again, context())  # another node's context: the state travels
+    fresh = app(train_message(dp, 2, False), context())
+    eps = [float(r.content["metrics"]["defence0.epsilon"]) for r in (first, second, fresh)]
+    assert eps[1] > eps[0] and eps[2] == pytest.approx(eps[0])
+
+    deployed, node = make_client_app(simulated=False), context()
+    eps_node = [
+        float(deployed(train_message(dp, NODE_PARTITION, False), node).content["metrics"][
+            "defence0.epsilon"
+        ])
+        for _ in range(2)
+    ]  # fmt: skip
+    assert eps_node[1] > eps_node[0] == pytest.approx(eps[0])

@@ -1,0 +1,250 @@
+"""fedsim's apps on Flower's deployment engine: a SuperLink and two SuperNodes on
+127.0.0.1 (insecure, free ports), the run started with ``flwr run``, and its results
+compared with the same scenario in simulation."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from fedsim.cli import main
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr
+DEADLINE = 420.0  # seconds for the deployed run, start-up included
+
+SCENARIO = """\
+name = "deployed"
+seed = 1
+device = "cpu"
+
+[data]
+dataset = "photos"
+image_size = 16
+samples_per_class = 4
+
+[model]
+name = "lenet"
+activation = "sigmoid"
+
+[federation]
+num_clients = 2
+clients_per_round = 2
+rounds = 2
+protocol = "fedsgd"
+batch_size = 1
+
+[[attacks]]
+name = "dlg"
+position = "server"
+rounds = [1]
+iterations = 30
+
+[[attacks]]
+name = "dlg"
+position = "participant"
+rounds = [2]
+iterations = 5
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+class Federation:
+    """A SuperLink and two SuperNodes (partitions 0 and 1) run as child processes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        home = folder / "flwr-home"
+        home.mkdir()
+        self.link_port = free_port()
+        # One torch thread per process, as Ray gives each simulated client; on a busy
+        # 2-core machine several OpenMP threads per process slow the attacks badly.
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(home),
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "OMP_NUM_THREADS": "1",
+        }
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
+            f'address = "127.0.0.1:{self.link_port}"\ninsecure = true\n',
+            encoding="utf-8",
+        )
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs = folder / "logs"
+        self.logs.mkdir()
+
+    def start(self, name: str, *args: str, cwd: Path) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [str(BIN / args[0]), *args[1:]], cwd=cwd, env=self.env, stdout=log, stderr=log
+            )
+        self.processes.append(process)
+        return process
+
+    def up(self) -> None:
+        link = self.start(
+            "superlink",
+            "flower-superlink",
+            "--insecure",
+            "--port",
+            str(self.link_port),
+            "--disable-runtime-dependency-installation",
+            cwd=self.folder,
+        )
+        wait_for_port(self.link_port, link)
+        for partition in (0, 1):
+            port = free_port()
+            node = self.start(
+                f"supernode{partition}",
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{self.link_port}",
+                "--port",
+                str(port),
+                "--node-config",
+                f"partition-id={partition} num-partitions=2",
+                cwd=self.folder,
+            )
+            wait_for_port(port, node)
+
+    def down(self) -> None:
+        """Stop every process this federation started, their children included."""
+        tree: list[psutil.Process] = []
+        for process in self.processes:
+            try:
+                tree += [psutil.Process(process.pid)]
+                tree += psutil.Process(process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+        for process in tree:
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                continue
+        _, alive = psutil.wait_procs(tree, timeout=15)
+        for process in alive:
+            process.kill()
+        psutil.wait_procs(alive, timeout=10)
+
+    def flwr_run(self, scenario: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(ROOT / "deploy"),
+                "local",
+                "--run-config",
+                f'scenario="{scenario}" run-dir="{run_dir}"',
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+def wait_for_results(run_dir: Path, federation: Federation) -> dict[str, Any]:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            results = json.loads((run_dir / "results.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            results = {"status": "running"}
+        if results["status"] != "running":
+            return results  # type: ignore[no-any-return]
+        time.sleep(1)
+    logs = {
+        p.name: p.read_text("utf-8", errors="replace")[-2000:] for p in federation.logs.iterdir()
+    }
+    raise TimeoutError(f"the deployed run did not finish in {DEADLINE:g} s; logs: {logs}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, Any]]]:
+    """The scenario run on the deployment engine and in simulation."""
+    folder = tmp_path_factory.mktemp("deploy")
+    scenario = folder / "deployed.toml"
+    scenario.write_text(SCENARIO, encoding="utf-8")
+    federation = Federation(folder)
+    try:
+        federation.up()
+        started = federation.flwr_run(scenario, folder / "deployed")
+        assert started.returncode == 0, started.stdout + started.stderr
+        deployed = wait_for_results(folder / "deployed", federation)
+    finally:
+        federation.down()
+    assert main(["run", str(scenario), "--out", str(folder / "simulated")]) == 0
+    simulated = json.loads((folder / "simulated" / "results.json").read_text("utf-8"))
+    yield {
+        "deployed": (folder / "deployed", deployed),
+        "simulated": (folder / "simulated", simulated),
+    }
+
+
+def test_deployed_run_completes_scored_on_the_clients(runs: dict[str, tuple[Path, Any]]) -> None:
+    run_dir, results = runs["deployed"]
+
+    assert results["status"] == "complete"
+    assert results["engine"] == "deployment"
+    assert results["ground_truth"] == "on-client"
+    (trial,) = results["trials"]
+    assert trial["status"] == "complete" and trial["client_failures"] == []
+    assert (run_dir / "scenario.resolved.json").is_file()
+    images = [im for record in results["records"] for im in record["images"]]
+    assert len(images) == 1 + 2  # the server's one image, the participant's two
+    # No original left a client: only reconstructions are saved.
+    assert all(im["original_png"] is None for im in images)
+    assert all((run_dir / im["reconstruction_png"]).is_file() for im in images)
+
+
+def test_deployed_run_equals_the_simulation(runs: dict[str, tuple[Path, Any]]) -> None:
+    _, deployed = runs["deployed"]
+    _, simulated = runs["simulated"]
+    assert (simulated["engine"], simulated["ground_truth"]) == ("simulation", "shared-truth")
+
+    # Same seed, same clients, same batches: the global model's test accuracy per round
+    # and every attack's scores agree (the computations are the same, in other processes).
+    assert deployed["trials"][0]["accuracy"] == pytest.approx(simulated["trials"][0]["accuracy"])
+
+    def key(record: dict[str, Any]) -> tuple[Any, ...]:
+        return record["round"], record["position"], record["client"]
+
+    pairs = zip(
+        sorted(deployed["records"], key=key), sorted(simulated["records"], key=key), strict=True
+    )
+    for ours, theirs in pairs:
+        assert key(ours) == key(theirs)
+        assert ours["status"] == theirs["status"] == "ok"
+        for metric in ("psnr", "ssim", "mse", "label_accuracy"):
+            assert ours["metrics"][metric] == pytest.approx(theirs["metrics"][metric], rel=1e-3)
