@@ -59,4 +59,6 @@ def plots(run_dir: Path, results: dict[str, Any], names: tuple[str, ...] | None)
     ]
     if names is not None:
         chosen.sort(key=lambda p: names.index(p["path"]))
-    return join(figure(run_dir, p) for p in chosen) if chosen else None
+    if not chosen:
+        return None
+    return tag("div", join(figure(run_dir, p) for p in chosen), class_="plots")

@@ -160,11 +160,12 @@ def overview(run_dir: Path, results: dict[str, Any]) -> Html | None:
     reconstruction at every sweep point side by side (``None`` without a sweep).
 
     The same seed attacks the same client's same batch at every point, so a row shows
-    one image under every setting.
+    one image under every setting; each is captioned with the point's swept values.
     """
     trials = results["trials"]
     if len(trials) < 2:
         return None
+    keys = ", ".join(k.rsplit(".", 1)[-1] for k in trials[0]["point"])
     rows = []
     for index in sorted({r["attack_index"] for r in results["records"]}):
         mine = [r for r in results["records"] if r["attack_index"] == index]
@@ -177,9 +178,11 @@ def overview(run_dir: Path, results: dict[str, Any]) -> Html | None:
         cells = [_thumb(run_dir, shown["images"][0], "original_png", "original", "original")]
         for trial in trials:
             rec = first.get(trial["index"])
-            point = short_point(trial["point"])
+            point = ", ".join(str(v) for v in trial["point"].values())
             if rec is None or not rec["images"]:
-                reason = "no attack" if rec is None else rec["status"]
+                reason = rec["status"] if rec else "point " + trial["status"]
+                if trial["status"] == "complete" and rec is None:
+                    reason = "no attack ran"
                 cells.append(
                     tag(
                         "figure",
@@ -206,4 +209,8 @@ def overview(run_dir: Path, results: dict[str, Any]) -> Html | None:
             )
         head = f"{mine[0]['attack']} · attacker at the {mine[0]['position']} · " + _where(shown)
         rows.append(join([tag("h4", head), tag("div", join(cells), class_="strip")]))
-    return join(rows) if rows else None
+    if not rows:
+        return None
+    return join(
+        [tag("p", f"Under each reconstruction: {keys}; then its PSNR.", class_="muted"), *rows]
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import fedsim
 from fedsim.report.audit import audit_section
@@ -29,6 +30,11 @@ GLANCE_INTRO = (
     "The same private image (first on the left) as each attack rebuilt it at every setting "
     "of the sweep, in the order the scenario lists them."
 )
+SWEEP_INTRO = "One federation ran per setting of the swept parameters."
+LEAKAGE_INTRO = (
+    "One row per attack (and sweep point), averaged over the uploads it attacked. The PSNR "
+    "colour says how recognisable the reconstructions are:"
+)
 GALLERY_INTRO = (
     "Each block is one attack on one observed upload: every private image (left of each pair) "
     "beside the attacker's reconstruction (right), with its scores under it. Click a sweep "
@@ -36,7 +42,11 @@ GALLERY_INTRO = (
 )
 
 
-def _section(anchor: str, title: str, *parts: object) -> tuple[str, str, Html]:
+Section = tuple[str, str, Html]
+"""``(anchor, title, content)`` of one section of the page."""
+
+
+def _section(anchor: str, title: str, *parts: object) -> Section:
     return (
         anchor,
         title,
@@ -44,12 +54,27 @@ def _section(anchor: str, title: str, *parts: object) -> tuple[str, str, Html]:
     )
 
 
+def _add_plots(
+    sections: list[Section],
+    run_dir: Path,
+    results: dict[str, Any],
+    anchor: str,
+    title: str,
+    names: tuple[str, ...] | None,
+    intro: str = "",
+) -> None:
+    """Append a section of the plots ``names`` (see :func:`plots`) if the run has any."""
+    figures = plots(run_dir, results, names)
+    if figures is not None:
+        sections.append(_section(anchor, title, *([intro] if intro else []), figures))
+
+
 def build_page(run: RunFiles) -> str:
     """The report of ``run`` as one HTML document."""
     results, here = run.results, run.path
     name = results.get("scenario", run.path.name)
     status = results.get("status", "running")
-    sections = [
+    sections: list[Section] = [
         _section(
             "summary",
             "In short",
@@ -64,32 +89,26 @@ def build_page(run: RunFiles) -> str:
         sections.append(
             _section("audit", "Architecture audit: how much can this model leak?", audit)
         )
+    strip = overview(here, results)
+    if strip is not None:
+        sections.append(_section("glance", "One image across the sweep", GLANCE_INTRO, strip))
+    _add_plots(sections, here, results, "sweep", "The sweep", SWEEP, SWEEP_INTRO)
+    tables = [attack_table(results), point_table(results)]
     sections.append(
         _section(
             "leakage",
             "Leakage per attack",
-            "One row per attack (and sweep point), averaged over the uploads it attacked. The PSNR "
-            "colour says how recognisable the reconstructions are:",
+            LEAKAGE_INTRO,
             legend(),
-            attack_table(results),
-            point_table(results) or "",
+            *(t for t in tables if t is not None),
         )
     )
-    strip = overview(here, results)
-    if strip is not None:
-        sections.append(_section("glance", "One image across the sweep", GLANCE_INTRO, strip))
     sections.append(
         _section("images", "Originals and reconstructions", GALLERY_INTRO, gallery(here, results))
     )
-    for anchor, title, names, intro in (
-        ("sweep", "The sweep", SWEEP, "One federation ran per value of the swept parameter."),
-        ("training", "Training", ("accuracy.png",), ""),
-        ("attacks", "Attack loss curves", ("loss_curves.png",), ""),
-        ("other", "Other plots", None, ""),
-    ):
-        figures = plots(here, results, names)
-        if figures is not None:
-            sections.append(_section(anchor, title, *([intro] if intro else []), figures))
+    _add_plots(sections, here, results, "training", "Training", ("accuracy.png",))
+    _add_plots(sections, here, results, "attacks", "Attack loss curves", ("loss_curves.png",))
+    _add_plots(sections, here, results, "other", "Other plots", None)
     sections.append(_section("run", "What ran", provenance(run)))
     header = join(
         [
