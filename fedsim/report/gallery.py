@@ -28,11 +28,7 @@ def _label(record: dict[str, Any], k: int, correct: bool | None) -> str:
 
 def _thumb(run_dir: Path, score: dict[str, Any], key: str, alt: str, caption: object) -> Html:
     file = score.get(key)
-    picture = (
-        image(run_dir / file, alt)
-        if file
-        else tag("span", "not saved (output.save_images = false)", class_="missing")
-    )
+    picture = image(run_dir / file, alt) if file else tag("span", "not saved", class_="missing")
     return tag("figure", join([picture, tag("figcaption", caption)]))
 
 

@@ -30,6 +30,10 @@ GLANCE_INTRO = (
     "The same private image (first on the left) as each attack rebuilt it at every setting "
     "of the sweep, in the order the scenario lists them."
 )
+ON_CLIENT = (
+    "This run was scored on the clients: the private originals never left them, so only "
+    "the reconstructions are shown."
+)
 SWEEP_INTRO = "One federation ran per setting of the swept parameters."
 LEAKAGE_INTRO = (
     "One row per attack (and sweep point), averaged over the uploads it attacked. The PSNR "
@@ -103,8 +107,15 @@ def build_page(run: RunFiles) -> str:
             *(t for t in tables if t is not None),
         )
     )
+    on_client = [ON_CLIENT] if results.get("ground_truth") == "on-client" else []
     sections.append(
-        _section("images", "Originals and reconstructions", GALLERY_INTRO, gallery(here, results))
+        _section(
+            "images",
+            "Originals and reconstructions",
+            GALLERY_INTRO,
+            *on_client,
+            gallery(here, results),
+        )
     )
     _add_plots(sections, here, results, "training", "Training", ("accuracy.png",))
     _add_plots(sections, here, results, "attacks", "Attack loss curves", ("loss_curves.png",))
