@@ -4,6 +4,7 @@ headless Chromium."""
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,22 @@ def test_the_browser_check_sees_a_broken_page(tmp_path: Path) -> None:
     rendered = render(page)
     assert rendered.images == 1 and rendered.broken == ["gone"]
     assert any("undefined_function" in e for e in rendered.errors)
+
+
+def test_audit_table_and_advice_are_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "audited.toml"
+    audited = SCENARIO.replace(str(SIGMAS), "[0.0]").replace(
+        "[federation]", "[audit]\n[federation]"
+    )
+    source.write_text(audited, encoding="utf-8")
+    monkeypatch.setattr(runner, "run_trial", fake_federation)
+    run_dir, _ = run_scenario(source, [], tmp_path / "run", Console(quiet=True))
+    (audit,) = results_of(run_dir)["audit"]
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    section = page[page.index('id="audit"') : page.index('id="leakage"')]
+    assert f'c(M) = <b class="big">{audit["c_m"]:.1f}</b>' in section
+    (layer,) = audit["layers"]
+    assert f"<td>{layer['index']} {layer['name']}: {layer['conv']}</td>" in section
+    assert f"<td>{layer['rank']}</td>" in section
+    for line in audit["advice"]:
+        assert f"<li>{html.escape(line, quote=False)}</li>" in section
