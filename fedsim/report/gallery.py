@@ -43,7 +43,7 @@ def _pair(run_dir: Path, record: dict[str, Any], k: int, score: dict[str, Any]) 
         [
             tag("b", format_psnr(score["psnr"]), class_=css, title=words),
             f" · SSIM {score['ssim']:.3f}",
-            tag("br", ""),
+            Html("<br>"),
             _label(record, k, score["label_correct"]),
         ]
     )
@@ -197,7 +197,7 @@ def overview(run_dir: Path, results: dict[str, Any]) -> Html | None:
                     join(
                         [
                             point,
-                            tag("br", ""),
+                            Html("<br>"),
                             tag("b", format_psnr(score["psnr"]), class_=css, title=words),
                         ]
                     ),
