@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from fedsim.metrics import SUCCESS_PSNR
 from fedsim.report.html import Html, image, join, tag
 
@@ -32,9 +34,21 @@ SHOWN_ELSEWHERE = ("grid.png",)
 """Plots the page does not repeat (``grid.png`` is the gallery as one image)."""
 
 
+WIDE = 2.0
+"""Plots wider than this aspect ratio (several panels) take a whole row of the page."""
+
+
+def _is_wide(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with Image.open(path) as picture:
+        return picture.width > WIDE * picture.height
+
+
 def figure(run_dir: Path, plot: dict[str, str]) -> Html:
     """One plot with its title and explanation."""
     explanation = EXPLANATIONS.get(plot["path"], "")
+    css = "plot wide" if _is_wide(run_dir / plot["path"]) else "plot"
     return tag(
         "figure",
         join(
@@ -46,7 +60,7 @@ def figure(run_dir: Path, plot: dict[str, str]) -> Html:
                 ),
             ]
         ),
-        class_="plot",
+        class_=css,
     )
 
 

@@ -156,7 +156,8 @@ def overview(run_dir: Path, results: dict[str, Any]) -> Html | None:
     reconstruction at every sweep point side by side (``None`` without a sweep).
 
     The same seed attacks the same client's same batch at every point, so a row shows
-    one image under every setting; each is captioned with the point's swept values.
+    one image (the reconstruction matched to the same original) under every setting;
+    each is captioned with the point's swept values.
     """
     trials = results["trials"]
     if len(trials) < 2:
@@ -168,10 +169,18 @@ def overview(run_dir: Path, results: dict[str, Any]) -> Html | None:
         first = {}
         for r in sorted(mine, key=lambda r: (r["round"], r["client"] or -1)):
             first.setdefault(r["trial"], r)
-        shown = next((r for r in first.values() if r["images"]), None)
+        shown = next(
+            (
+                first[t["index"]]
+                for t in trials
+                if t["index"] in first and first[t["index"]]["images"]
+            ),
+            None,
+        )
         if shown is None:
             continue
-        cells = [_thumb(run_dir, shown["images"][0], "original_png", "original", "original")]
+        original = shown["images"][0]
+        cells = [_thumb(run_dir, original, "original_png", "original", "original")]
         for trial in trials:
             rec = first.get(trial["index"])
             point = ", ".join(str(v) for v in trial["point"].values())
@@ -186,7 +195,10 @@ def overview(run_dir: Path, results: dict[str, Any]) -> Html | None:
                     )
                 )
                 continue
-            score = rec["images"][0]
+            score = next(
+                (im for im in rec["images"] if im["original_index"] == original["original_index"]),
+                rec["images"][0],
+            )
             words, css = verdict(score["psnr"])
             cells.append(
                 _thumb(
