@@ -1,4 +1,5 @@
-"""The ``fedsim`` command: ``run`` a scenario, list ``plugins``."""
+"""The ``fedsim`` command: ``run`` a scenario, rebuild a run's ``report``, ``audit`` a
+model, list ``plugins``."""
 
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         help="where reconstructions are scored: with the true batch the clients send to "
         "the scorer (default), or on the clients, as on real machines",
     )
+    report = sub.add_parser("report", help="rebuild RUN_DIR/report.html from the saved results")
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
     sub.add_parser("plugins", help="list installed attacks and defences with their parameters")
     audit = sub.add_parser("audit", help="c(M) architecture audit of a scenario's model(s)")
     audit.add_argument("scenario", type=Path, help="scenario TOML file")
@@ -84,6 +87,18 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     else:
         for audit in audits:
             print_audit(audit, console)
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from fedsim.report import ReportError, write_report
+
+    try:
+        path = write_report(args.run_dir)
+    except ReportError as exc:
+        print(f"fedsim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    console.print(f"report: {path}", highlight=False)
     return EXIT_OK
 
 
@@ -159,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plugins(console)
     if args.command == "audit":
         return _audit(args, console)
+    if args.command == "report":
+        return _report(args, console)
 
     from fedsim.run import RunError, run_scenario
     from fedsim.scenario import ScenarioError

@@ -8,7 +8,8 @@ federation per sweep point while a progress display shows rounds and attacks.
 interrupted run leaves valid results for what finished, and ``--resume
 RUN_DIR`` finishes it: points that completed are not run again, and a
 scenario that no longer gives the same points is refused. The run ends with
-``sweep.csv``, the plots and the summary tables.
+``sweep.csv``, the plots, the summary tables and ``report.html`` (a report
+that cannot be built is a warning: the results are saved already).
 
 :func:`prepare_run`, :func:`run_trials` and :func:`finish_run` are shared with
 the deployment engine's ServerApp (``fedsim.federation.deployment``).
@@ -36,7 +37,7 @@ from fedsim.federation.setup import federated_data, model_factory
 from fedsim.models.start import CheckpointError, load_checkpoint
 from fedsim.registry import instantiate_defence
 from fedsim.results.images import save_grid
-from fedsim.results.plots import save_loss_curves
+from fedsim.results.plots import save_accuracy_curves, save_loss_curves
 from fedsim.results.round_plots import save_round_plots
 from fedsim.results.store import ResultsStore, atomic_write
 from fedsim.results.sweep import sweep_csv
@@ -237,6 +238,8 @@ def write_outputs(store: ResultsStore, run_dir: Path) -> None:
         plots.append({"path": "grid.png", "title": "originals beside reconstructions"})
     if save_loss_curves(store.data["records"], run_dir / "loss_curves.png"):
         plots.append({"path": "loss_curves.png", "title": "attack loss curves"})
+    if save_accuracy_curves(store.data["trials"], run_dir / "accuracy.png"):
+        plots.append({"path": "accuracy.png", "title": "test accuracy per round"})
     atomic_write(run_dir / "sweep.csv", sweep_csv(store.data))
     plots += save_sweep_plots(store.data, run_dir)
     plots += save_round_plots(store.data, run_dir)
@@ -325,13 +328,35 @@ def run_trials(
     return status
 
 
-def finish_run(run: PreparedRun, status: str, reason: str = "") -> list[dict[str, Any]]:
+def write_report_or_warn(run_dir: Path, say: Callable[[str], None]) -> None:
+    """Write ``report.html`` and ``say`` where; if that fails, ``say`` a warning and go on:
+    the page is derived from the saved results, which are never lost for it."""
+    from fedsim.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except Exception as exc:
+        say(
+            f"warning: report.html not written ({type(exc).__name__}: {exc}); the results are "
+            f"saved; retry with: fedsim report {run_dir}"
+        )
+        return
+    say(f"report: {path}")
+
+
+def finish_run(
+    run: PreparedRun, status: str, reason: str, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
     """Close the store with ``status`` (wall time added to a resumed run's), write
-    the PNGs, ``sweep.csv`` and the plots list; returns the summary table's rows."""
+    the PNGs, ``sweep.csv``, the plots list and ``report.html`` (``say`` tells where,
+    or warns); returns the summary table's rows."""
     data = run.store.data
     data["wall_seconds"] = data.get("wall_seconds", 0.0) + time.perf_counter() - run.started
     run.store.close(status, reason)
-    write_outputs(run.store, run.run_dir)
+    try:
+        write_outputs(run.store, run.run_dir)
+    finally:
+        write_report_or_warn(run.run_dir, say)
     return summarise(run.store.data)
 
 
@@ -388,7 +413,7 @@ def run_scenario(
             reason = ""
         except KeyboardInterrupt:
             status, reason = "interrupted", "stopped by the user (Ctrl-C or SIGTERM)"
-    rows = finish_run(run, status, reason)
+    rows = finish_run(run, status, reason, lambda line: console.print(line, highlight=False))
     name = run.trials[0].scenario.name
     console.print(rich_table(rows, title=f"{name}: {status}"))
     console.print(rich_table(point_rows(run.store.data), title="sweep points", shown=POINT_COLUMNS))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import render, screenshot
 
 from fedsim.cli import main
 
@@ -114,7 +115,13 @@ def test_expected_records(run: Run) -> None:
 
 
 def test_files_written(run: Run) -> None:
-    for name in ("grid.png", "scenario.resolved.json", "results.json", "metrics.csv"):
+    for name in (
+        "grid.png",
+        "scenario.resolved.json",
+        "results.json",
+        "metrics.csv",
+        "report.html",
+    ):
         assert (run.out / name).is_file(), name
     scenario_copy = (run.out / "scenario.toml").read_text(encoding="utf-8")
     assert scenario_copy == run.source.read_text(encoding="utf-8")
@@ -137,6 +144,19 @@ def test_files_written(run: Run) -> None:
     assert sorted((row["trial"], row["position"]) for row in rows) == sorted(
         (str(r["trial"]), r["position"]) for r in run.results["records"]
     )
+
+
+def test_report_of_the_real_run_renders_in_chromium(run: Run, tmp_path: Path) -> None:
+    rendered = render(run.out / "report.html")
+    assert rendered.errors == [] and rendered.broken == []
+    images = sum(len(r["images"]) for r in run.results["records"])
+    plots = [p for p in run.results["plots"] if p["path"] != "grid.png"]
+    strip = 2 * (1 + 2)  # per attack: the original and its reconstruction at both points
+    assert rendered.images == 2 * images + strip + len(plots)
+    page = (run.out / "report.html").read_text(encoding="utf-8")
+    assert "test accuracy per round" in page and "Python " in page
+    shot = screenshot(run.out / "report.html", tmp_path / "page.png")
+    assert shot.shape[1] == 1280 and shot.std() > 20
 
 
 def test_defence_measurements_in_server_records(run: Run) -> None:

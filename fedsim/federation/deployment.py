@@ -73,7 +73,7 @@ def _main(grid: Grid, context: Context) -> None:
     try:
         status, reason = run_trials(run, one, failed), ""
     finally:
-        rows = finish_run(run, status, reason)
+        rows = finish_run(run, status, reason, _progress)
         table = io.StringIO()
         Console(file=table, width=120).print(rich_table(rows, title=f"{status}"))
         _progress(f"{status}; results in {run.run_dir.resolve()}\n{table.getvalue()}")

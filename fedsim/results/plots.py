@@ -45,3 +45,34 @@ def save_loss_curves(records: list[dict[str, Any]], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+MAX_LEGEND = 12
+
+
+def save_accuracy_curves(trials: list[dict[str, Any]], path: Path) -> bool:
+    """The global model's test accuracy per round (round 0: before training), one line
+    per sweep point. Returns ``False`` (and writes nothing) when no accuracy was measured.
+    """
+    measured = [t for t in trials if t["accuracy"]]
+    if not measured:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = plt.cm.viridis([i / max(len(measured) - 1, 1) for i in range(len(measured))])
+    for trial, colour in zip(measured, colours, strict=True):
+        rounds = sorted(trial["accuracy"], key=int)
+        ax.plot([int(r) for r in rounds], [trial["accuracy"][r] for r in rounds],
+                marker="o" if len(rounds) <= 20 else None, markersize=3, color=colour,
+                label=short_point(trial["point"]))  # fmt: skip
+    ax.set_xlabel("round (0 = before training)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("the global model's test accuracy per round")
+    if measured[0]["point"] and len(measured) <= MAX_LEGEND:
+        ax.legend(fontsize=7, ncol=2 if len(measured) > 6 else 1)
+    elif len(measured) > MAX_LEGEND:
+        ax.set_title(f"test accuracy per round, {len(measured)} sweep points (dark = first)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

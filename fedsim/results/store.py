@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import fedsim
+from fedsim.results.environment import describe_environment
 
 CSV_COLUMNS = (
     "trial",
@@ -131,6 +132,15 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/results.json`` with its non-finite numbers restored as floats.
+
+    Raises:
+        OSError: the file cannot be read; ``ValueError``: it is not JSON.
+    """
+    return _from_json_safe(json.loads((run_dir / "results.json").read_text(encoding="utf-8")))
+
+
 def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -149,6 +159,7 @@ class ResultsStore:
         self._lock = threading.Lock()
         self.data: dict[str, Any] = {
             "fedsim_version": fedsim.__version__,
+            "environment": describe_environment(),
             "scenario": scenario_name,
             "started": _now(),
             "finished": None,
@@ -172,7 +183,7 @@ class ResultsStore:
         store = cls.__new__(cls)
         store.run_dir = run_dir
         store._lock = threading.Lock()
-        data = _from_json_safe(json.loads((run_dir / "results.json").read_text(encoding="utf-8")))
+        data = read_results(run_dir)
         done = store_completed(data)
         data["trials"] = [t for t in data["trials"] if t["index"] in done]
         data["records"] = [r for r in data["records"] if r["trial"] in done]

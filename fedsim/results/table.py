@@ -121,7 +121,8 @@ def short_point(point: dict[str, Any]) -> str:
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items()) or "-"
 
 
-def _fmt(value: Any, column: str) -> str:
+def format_cell(value: Any, column: str) -> str:
+    """``value`` of ``column`` as the summary tables print it (``-`` when missing)."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -158,5 +159,5 @@ def rich_table(
         left = column in ("point", "attack", "position", "status")
         table.add_column(header, justify="left" if left else "right", overflow="fold")
     for row in rows:
-        table.add_row(*(_fmt(row[c], c) for c in shown))
+        table.add_row(*(format_cell(row[c], c) for c in shown))
     return table

@@ -1,0 +1,78 @@
+"""The run's plots (listed in ``results.json["plots"]``), each with what it shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from fedsim.metrics import SUCCESS_PSNR
+from fedsim.report.html import Html, image, join, tag
+
+EXPLANATIONS = {
+    "sweep_leakage.png": "How much each attack recovered at each value of the swept parameter "
+    f"(higher PSNR = more leaked; the dashed line is the {SUCCESS_PSNR:.0f} dB success "
+    "threshold). One panel per attacker position.",
+    "sweep_accuracy.png": "What the defence costs: the global model's test accuracy after the "
+    "last round at each value of the swept parameter.",
+    "sweep_frontier.png": "The privacy–utility trade-off: one point per setting, the best "
+    "attack's PSNR against test accuracy. Good settings sit bottom-right (useful model, "
+    "little leaked).",
+    "sweep_epsilon.png": "The formal privacy guarantee at each setting: ε spent by the end "
+    "(smaller = stronger; settings without noise have none).",
+    "accuracy.png": "How well the global model learned: its test accuracy after each round "
+    "(round 0 is the untrained model). A flat line at 1 / number of classes means it did not "
+    "learn.",
+    "loss_curves.png": "How each attack's optimisation went: its objective (the distance "
+    "between the gradient of its guess and the observed one) per step, log scale. A curve "
+    "that drops by many orders of magnitude usually ends in a close copy; one that flattens "
+    "early was stopped by noise or got stuck.",
+}
+SWEEP = ("sweep_leakage.png", "sweep_accuracy.png", "sweep_frontier.png", "sweep_epsilon.png")
+SHOWN_ELSEWHERE = ("grid.png",)
+"""Plots the page does not repeat (``grid.png`` is the gallery as one image)."""
+
+
+WIDE = 2.0
+"""Plots wider than this aspect ratio (several panels) take a whole row of the page."""
+
+
+def _is_wide(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with Image.open(path) as picture:
+        return picture.width > WIDE * picture.height
+
+
+def figure(run_dir: Path, plot: dict[str, str]) -> Html:
+    """One plot with its title and explanation."""
+    explanation = EXPLANATIONS.get(plot["path"], "")
+    css = "plot wide" if _is_wide(run_dir / plot["path"]) else "plot"
+    return tag(
+        "figure",
+        join(
+            [
+                image(run_dir / plot["path"], plot["title"], class_="plot"),
+                tag(
+                    "figcaption",
+                    join([tag("b", plot["title"]), ". " if explanation else "", explanation]),
+                ),
+            ]
+        ),
+        class_=css,
+    )
+
+
+def plots(run_dir: Path, results: dict[str, Any], names: tuple[str, ...] | None) -> Html | None:
+    """The listed plots among ``names`` (all the others when ``None``), or ``None``."""
+    listed = results.get("plots", [])
+    known = (*SWEEP, "accuracy.png", "loss_curves.png", *SHOWN_ELSEWHERE)
+    chosen = [
+        p for p in listed if (p["path"] in names if names is not None else p["path"] not in known)
+    ]
+    if names is not None:
+        chosen.sort(key=lambda p: names.index(p["path"]))
+    if not chosen:
+        return None
+    return tag("div", join(figure(run_dir, p) for p in chosen), class_="plots")

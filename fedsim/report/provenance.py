@@ -1,0 +1,164 @@
+"""What ran: the scenario (as written and as resolved), versions, seed, times, machine."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fedsim.report.html import Html, details, join, tag
+from fedsim.report.rundir import RunFiles
+from fedsim.results.table import short_point
+
+RUN_FILES = {
+    "results.json": "every record, trial and measurement",
+    "metrics.csv": "one row per attacked upload",
+    "sweep.csv": "one row per (sweep point, attack)",
+    "scenario.toml": "the scenario as written",
+    "scenario.resolved.json": "every sweep point's full scenario",
+    "audit.json": "the c(M) audit",
+    "flower.log": "Flower's log",
+}
+
+
+def duration(seconds: float | None) -> str:
+    """``3 min 37 s`` (``-`` when unknown)."""
+    if seconds is None:
+        return "-"
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+
+def _environment(env: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not env:
+        return [("software, machine", "not recorded (the run was made by an older fedsim)")]
+    packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    memory = f", {env['memory_gib']:.0f} GiB RAM" if env.get("memory_gib") else ""
+    return [
+        ("software", f"Python {env['python']}; {packages}"),
+        (
+            "machine",
+            f"{env['host']}: {env['platform']} ({env['machine']}), {env['cpus']} CPUs"
+            f"{memory}; torch threads {env['torch_threads']}",
+        ),
+    ]
+
+
+def facts(run: RunFiles) -> list[tuple[str, str]]:
+    """``(name, value)`` lines about the run."""
+    results, scenario = run.results, run.first_scenario
+    resolved = run.resolved or {}
+    points = [short_point(t["point"]) for t in resolved.get("trials", [])]
+    lines = [
+        (
+            "scenario",
+            f"{results.get('scenario', '-')} ({resolved.get('source', 'source unknown')})",
+        ),
+        ("overrides", " ".join(f"--set {o}" for o in resolved.get("overrides", [])) or "none"),
+        ("seed", str(scenario.get("seed", "-"))),
+        (
+            "sweep points",
+            f"{len(points)}: " + "; ".join(points) if len(points) > 1 else "1 (no sweep)",
+        ),
+        ("status", results.get("status", "-")),
+        ("started / finished", f"{results.get('started', '-')} / {results.get('finished') or '-'}"),
+        ("wall time", duration(results.get("wall_seconds"))),
+    ]
+    if results.get("resumed"):
+        lines.append(("resumed", ", ".join(results["resumed"])))
+    if results.get("engine"):
+        lines.append(("engine", results["engine"]))
+    truth = results.get("ground_truth_note") or results.get("ground_truth")
+    if truth:
+        lines.append(("scoring", truth))
+    return lines + _environment(results.get("environment"))
+
+
+def provenance(run: RunFiles) -> Html:
+    """The facts, then the scenario as written and as resolved, and the run's files."""
+    parts: list[Html] = [
+        tag("dl", join(join([tag("dt", k), tag("dd", v)]) for k, v in facts(run)), class_="facts")
+    ]
+    if run.scenario_text is not None:
+        parts.append(
+            details("the scenario as written (scenario.toml)", tag("pre", run.scenario_text))
+        )
+    if run.first_scenario:
+        parts.append(
+            details(
+                "the scenario as resolved: every default filled in (the first sweep point; the "
+                "others differ only in the swept values)",
+                tag("pre", json.dumps(run.first_scenario, indent=1)),
+            )
+        )
+    present = [(name, what) for name, what in RUN_FILES.items() if (run.path / name).is_file()]
+    parts.append(
+        tag(
+            "p",
+            join(
+                [
+                    "Files in the run directory: ",
+                    join(
+                        join(
+                            [
+                                tag("a", name, href=name),
+                                f" ({what})",
+                                "; " if i < len(present) - 1 else ".",
+                            ]
+                        )
+                        for i, (name, what) in enumerate(present)
+                    ),
+                ]
+            ),
+        )
+    )
+    return join(parts)
+
+
+PROTOCOLS = {
+    "fedsgd": "FedSGD (one gradient step per upload)",
+    "fedavg": "FedAvg (local epochs, weight deltas uploaded)",
+}
+
+
+def _with_params(entry: dict[str, Any]) -> str:
+    """``name (key = value, …)`` of a scenario entry, as written (a swept value is a list)
+    or resolved (parameters under ``params``)."""
+    params = entry.get("params")
+    if not isinstance(params, dict):
+        params = {k: v for k, v in entry.items() if k != "name"}
+    shown = ", ".join(f"{k} = {v}" for k, v in params.items())
+    return f"{entry.get('name', '?')}" + (f" ({shown})" if shown else "")
+
+
+def setup_sentence(run: RunFiles) -> str:
+    """One plain sentence describing the federation, its defences and its attacks."""
+    s = run.first_scenario
+    if not s:
+        return ""
+    fed, model, data = s["federation"], s["model"], s["data"]
+    raw = (run.resolved or {}).get("raw") or {}
+    kind = model["name"] + (f" ({model['activation']})" if model.get("activation") else "")
+    lines = [
+        f"{fed['num_clients']} clients ({fed['clients_per_round']} per round) trained a {kind} "
+        f"on {data['dataset']} ({data['image_size']}×{data['image_size']}) for {fed['rounds']} "
+        f"round{'s' if fed['rounds'] != 1 else ''} of "
+        f"{PROTOCOLS.get(fed['protocol'], fed['protocol'])}, batch size {fed['batch_size']}."
+    ]
+    defences = raw.get("defences") or s.get("defences") or []
+    lines.append(
+        "Defences: " + ("; ".join(_with_params(d) for d in defences) if defences else "none") + "."
+    )
+    attacks = [
+        f"{a['name']} at the {a['position']}"
+        + (
+            f" in round{'s' if len(a['rounds']) > 1 else ''} {', '.join(map(str, a['rounds']))}"
+            if a.get("rounds")
+            else " in every round"
+        )
+        for a in s.get("attacks", [])
+    ]
+    lines.append("Attacks: " + ("; ".join(attacks) if attacks else "none") + ".")
+    return " ".join(lines)
