@@ -30,6 +30,11 @@ class DLGParams(MatchingParams):
         "head bias-gradient entry is negative (the true class for one sample)",
     )
     history_size: int = Field(200, ge=1, le=10_000, description="L-BFGS memory")
+    conv_backend: Literal["auto", "default", "native"] = Field(
+        "auto",
+        description="CPU convolutions: 'auto' times both and takes the faster (results can "
+        "differ in the last digits between machines and loads); 'default' or 'native' fix it",
+    )
 
 
 class DLG(MatchingAttack):
@@ -55,5 +60,5 @@ def config(params: DLGParams) -> MatchConfig:
     budget["iterations"] *= ITERATIONS_PER_STEP
     return MatchConfig(
         distance="l2", optimizer="lbfgs", max_iter=1, history_size=params.history_size,
-        label_init=params.label_init, conv_backend="auto", **budget,
+        label_init=params.label_init, conv_backend=params.conv_backend, **budget,
     )  # fmt: skip

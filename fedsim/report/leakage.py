@@ -72,6 +72,13 @@ GLOSSARY = (
         "aggregate of the round's uploads, which mixes several clients' data.",
     ),
     (
+        "knew (SoK class)",
+        "the attacker's threat model: the class of the gradient-inversion SoK's taxonomy "
+        "(A: the updates only; B: also the labels; C: also the training details; D: also "
+        "surrogate data; E: also the clients' data statistics) and what this attack used of "
+        "what it was granted.",
+    ),
+    (
         "test accuracy",
         "the share of held-out images the global model classifies correctly after the last "
         "round: what a defence costs in usefulness.",
@@ -126,6 +133,7 @@ def attack_table(results: dict[str, Any]) -> Html:
         *(["sweep point"] if sweep else []),
         "attack",
         "attacker at",
+        "knew (SoK class)",
         "scored",
         "success",
         "PSNR",
@@ -143,6 +151,7 @@ def attack_table(results: dict[str, Any]) -> Html:
                 *([row["point"]] if sweep else []),
                 row["attack"],
                 row["position"],
+                row["threat"],
                 row["ok"],
                 format_cell(row["success"], "success"),
                 _psnr_cell(row["psnr"]),
