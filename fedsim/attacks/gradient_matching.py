@@ -266,20 +266,21 @@ def unrolled_gradient(
 
 class _Objective:
     """The optimiser's closure: distance (+ prior) of the dummy batch; sets the
-    leaves' ``.grad``. Only the dummy leaves get gradients, never the model."""
+    leaves' ``.grad``. Only the dummy leaves get gradients, never the model. Each
+    closure gets a fresh distance (some distances keep state)."""
 
     def __init__(
         self,
         model: nn.Module,
         matched: _Matched,
-        distance: Distance,
         x: torch.Tensor,
         y: torch.Tensor,
         soft_labels: bool,
         config: MatchConfig,
         regulariser: Regulariser | None = None,
     ) -> None:
-        self.model, self.matched, self.distance = model, matched, distance
+        self.model, self.matched = model, matched
+        self.distance: Distance = matched.distance(matched.targets)
         self.x, self.y, self.soft_labels, self.config = x, y, soft_labels, config
         self.regulariser = regulariser
         self.leaves = [x, y] if soft_labels else [x]
@@ -452,16 +453,7 @@ def match_gradients(
                 config, (batch_size, *input_shape), num_classes, labels, model, target,
                 torch.Generator().manual_seed(seed), matched.params[0].device,
             )  # fmt: skip
-            probe = _Objective(
-                model,
-                matched,
-                matched.distance(matched.targets),
-                x,
-                y,
-                labels is None,
-                config,
-                regulariser,
-            )
+            probe = _Objective(model, matched, x, y, labels is None, config, regulariser)
             backend, evaluations = _time_backends(probe)
     with _onednn(torch.backends.mkldnn.enabled and backend != "native"):
         result = _match(
@@ -527,16 +519,7 @@ def _match(
             config, (batch_size, *input_shape), num_classes, labels, model, target, generator,
             device,
         )  # fmt: skip
-        closure = _Objective(
-            model,
-            matched,
-            matched.distance(matched.targets),
-            x,
-            y,
-            labels is None,
-            config,
-            regulariser,
-        )
+        closure = _Objective(model, matched, x, y, labels is None, config, regulariser)
         optimizer = _optimizer(closure.leaves, config)
         scheduler = _scheduler(optimizer, config)
         curve: list[float] = []
