@@ -35,11 +35,26 @@ from fedsim.scenario import Scenario
 from fedsim.training.objective import Objective, training_objective
 
 
+def round_generator(scenario: Scenario, partition_id: int, server_round: int) -> torch.Generator:
+    """The generator of client ``partition_id``'s sampling in ``server_round``."""
+    return torch.Generator().manual_seed(
+        derive_seed(scenario.seed, "batch", server_round, partition_id)
+    )
+
+
+def fedsgd_positions(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Positions of a FedSGD batch among a shard of ``n`` samples (draws from ``generator``).
+
+    Raises:
+        ValueError: ``batch_size`` exceeds ``n``.
+    """
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} exceeds the client's {n} samples")
+    return torch.randperm(n, generator=generator)[:batch_size]
+
+
 def _fedsgd(task: LocalTraining, objective: Objective) -> TrainingResult:
-    n = len(task.labels)
-    if task.batch_size > n:
-        raise ValueError(f"batch_size {task.batch_size} exceeds the client's {n} samples")
-    idx = torch.randperm(n, generator=task.generator)[: task.batch_size]
+    idx = fedsgd_positions(len(task.labels), task.batch_size, task.generator)
     x, y = task.images[idx], task.labels[idx]
     loss = objective(x, y)
     names, params = zip(*task.model.named_parameters(), strict=True)
@@ -79,18 +94,11 @@ def training_batch(
     """
     shard = federated_data(scenario).shards[partition_id]
     fed = scenario.federation
-    generator = torch.Generator().manual_seed(
-        derive_seed(scenario.seed, "batch", server_round, partition_id)
-    )
+    generator = round_generator(scenario, partition_id, server_round)
     if fed.protocol == "fedavg":
         x, y = shard.batch(torch.arange(len(shard.labels)))
         return x, y, generator
-    if fed.batch_size > len(shard.labels):
-        raise ValueError(
-            f"batch_size {fed.batch_size} exceeds client {partition_id}'s "
-            f"{len(shard.labels)} samples"
-        )
-    x, y = shard.batch(torch.randperm(len(shard.labels), generator=generator)[: fed.batch_size])
+    x, y = shard.batch(fedsgd_positions(len(shard.labels), fed.batch_size, generator))
     return x, y, generator
 
 
@@ -112,9 +120,7 @@ def local_update(
     model = model_factory(scenario, data)()
     model.load_state_dict(state.to_torch_state_dict())
     model.train()
-    generator = torch.Generator().manual_seed(
-        derive_seed(scenario.seed, "batch", server_round, partition_id)
-    )
+    generator = round_generator(scenario, partition_id, server_round)
     images, labels = shard.batch(torch.arange(len(shard.labels)))
     task = LocalTraining(
         model, images, labels, fed.protocol, fed.batch_size, fed.lr, fed.local_epochs, generator
