@@ -5,12 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.data.partition import partition_indices, train_test_split
+from fedsim.data.partition import client_partitioner, partition_positions, train_test_split
 from fedsim.federation.setup import federated_data, load_images
 from fedsim.run import preflight
 from fedsim.scenario import ScenarioError, expand
 
 LABELS = np.repeat(np.arange(10), 40)  # 400 samples, 10 balanced classes
+
+
+def partition_indices(
+    labels: np.ndarray, num_partitions: int, scheme: str, seed: int, alpha: float = 0.5
+) -> list[np.ndarray]:
+    """Every client's positions, as the federation reads them one client at a time."""
+    partitioner = client_partitioner(labels, num_partitions, scheme, seed, alpha)
+    return [partition_positions(partitioner, i) for i in range(num_partitions)]
 
 
 def assert_covers_once(parts: list[np.ndarray], n: int) -> None:

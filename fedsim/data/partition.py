@@ -68,22 +68,3 @@ def client_partitioner(
 def partition_positions(partitioner: Partitioner, partition_id: int) -> np.ndarray:
     """Positions (into the split labels) of client ``partition_id``'s samples."""
     return np.asarray(partitioner.load_partition(partition_id)["position"], dtype=np.int64)
-
-
-def partition_indices(
-    labels: np.ndarray,
-    num_partitions: int,
-    scheme: str,
-    seed: int,
-    alpha: float = 0.5,
-    min_partition_size: int = 1,
-) -> list[np.ndarray]:
-    """Every client's positions at once (see :func:`client_partitioner`).
-
-    Returns:
-        One array of positions per client; together they cover every sample once.
-    """
-    partitioner = client_partitioner(
-        labels, num_partitions, scheme, seed, alpha, min_partition_size
-    )
-    return [partition_positions(partitioner, i) for i in range(num_partitions)]
