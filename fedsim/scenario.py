@@ -284,6 +284,14 @@ class Scenario(Section):
     description: str = ""
     seed: int = Field(0, ge=0)
     device: str = "auto"
+    threads: int = Field(
+        1,
+        ge=1,
+        description=(
+            "torch threads in every process that computes: the ServerApp (attacks, scoring) "
+            "and each ClientApp, in both engines, so that their results agree bit for bit"
+        ),
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)

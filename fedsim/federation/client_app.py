@@ -30,6 +30,7 @@ from fedsim.api import LocalTraining, TrainingResult, Update
 from fedsim.federation import protocol
 from fedsim.federation.defences import ClientDefences
 from fedsim.federation.setup import derive_seed, federated_data, model_factory
+from fedsim.federation.threads import torch_threads
 from fedsim.metrics import pair_scores
 from fedsim.scenario import Scenario
 from fedsim.training.objective import Objective, training_objective
@@ -199,13 +200,15 @@ def make_client_app(simulated: bool) -> ClientApp:
             if simulated
             else load_defence_state(context)
         )
-        update, metrics, (x, y) = local_update(
-            protocol.scenario_of(config),
-            partition,
-            int(config[protocol.SERVER_ROUND]),  # type: ignore[arg-type]
-            msg.content["arrays"],
-            defence_state,
-        )
+        scenario = protocol.scenario_of(config)
+        with torch_threads(scenario.threads):
+            update, metrics, (x, y) = local_update(
+                scenario,
+                partition,
+                int(config[protocol.SERVER_ROUND]),  # type: ignore[arg-type]
+                msg.content["arrays"],
+                defence_state,
+            )
         content = RecordDict(
             {
                 "update": ArrayRecord.from_torch_state_dict(update),
@@ -232,13 +235,15 @@ def make_client_app(simulated: bool) -> ClientApp:
     @app.query("score")
     def score(msg: Message, context: Context) -> Message:
         config = msg.content["config"]
+        scenario = protocol.scenario_of(config)
         x, y, _ = training_batch(
-            protocol.scenario_of(config),
+            scenario,
             _partition(config, context, simulated),
             int(config[protocol.SERVER_ROUND]),  # type: ignore[arg-type]
         )
         images, labels = protocol.reconstruction_of(msg.content["reconstruction"])
-        scores = pair_scores(x, y, images, labels)
+        with torch_threads(scenario.threads):
+            scores = pair_scores(x, y, images, labels)
         return Message(RecordDict({"scores": protocol.scores_record(scores)}), reply_to=msg)
 
     return app

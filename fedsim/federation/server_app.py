@@ -41,6 +41,7 @@ from fedsim.federation.setup import (
     model_factory,
     resolve_device,
 )
+from fedsim.federation.threads import torch_threads
 from fedsim.models.start import start_model
 from fedsim.results.store import ResultsStore
 from fedsim.scenario import Scenario, Trial
@@ -240,16 +241,16 @@ def run_federation(
             progress(f"round {server_round}/{fed.rounds} done, test accuracy {accuracy:.3f}")
         return MetricRecord({"accuracy": accuracy})
 
-    model, start_info = start_model(
-        factory, scenario.model, data.test, derive_seed(scenario.seed, "pretrain")
-    )
-    store.set_trial_info(trial.index, "model_start", start_info)
-
-    AttackedFedAvg(scenario, tap, nodes, on_failures).start(
-        grid=grid,
-        initial_arrays=ArrayRecord.from_torch_state_dict(model.state_dict()),
-        num_rounds=fed.rounds,
-        timeout=fed.round_timeout,
-        train_config=ConfigRecord({protocol.SHARE_TRUTH: scoring == "shared-truth"}),
-        evaluate_fn=evaluate,
-    )
+    with torch_threads(scenario.threads):
+        model, start_info = start_model(
+            factory, scenario.model, data.test, derive_seed(scenario.seed, "pretrain")
+        )
+        store.set_trial_info(trial.index, "model_start", start_info)
+        AttackedFedAvg(scenario, tap, nodes, on_failures).start(
+            grid=grid,
+            initial_arrays=ArrayRecord.from_torch_state_dict(model.state_dict()),
+            num_rounds=fed.rounds,
+            timeout=fed.round_timeout,
+            train_config=ConfigRecord({protocol.SHARE_TRUTH: scoring == "shared-truth"}),
+            evaluate_fn=evaluate,
+        )
