@@ -9,10 +9,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 WIDE = 200
@@ -106,36 +110,64 @@ def _plugins(console: Console) -> int:
     from fedsim.registry import discover
 
     found = discover()
+    failed: dict[str, str] = {}
     for kind, plugins in (("attacks", found.attacks), ("defences", found.defences)):
         table = Table(title=kind, show_lines=True)
         for column in ("name", "summary", "parameters (default)"):
             table.add_column(column)
         for name, cls in plugins.items():
-            params = "\n".join(
-                f"{field} = {info.default!r}  {info.description or ''}".rstrip()
-                for field, info in cls.Params.model_fields.items()
-            )
-            summary = cls.summary
-            if kind == "attacks":
-                summary += "\n" + _knowledge_summary(cls)
-            if kind == "defences":
-                summary += "\nacts at: " + " or ".join(STAGE_NAMES[s] for s in cls.stages)
-                summary += "\nformal guarantee: " + (
-                    "yes (clipping + noise + accountant)" if cls.formal_guarantee else "no"
-                )
-            table.add_row(name, summary, params or "-")
+            try:
+                row = _plugin_row(kind, cls)
+            except Exception as exc:  # a third-party plugin's class may be faulty
+                failed[f"{kind}:{name}"] = f"{type(exc).__name__}: {exc}"
+                continue
+            table.add_row(name, *row)
         console.print(table)
     console.print(_threat_defaults())
-    for where, error in found.broken.items():
-        console.print(f"[red]could not load plugin {where}:[/] {error}")
+    for where, error in {**found.broken, **failed}.items():
+        console.print(f"[red]could not load plugin {escape(where)}:[/] {escape(error)}")
+    for where, clash in found.clashes.items():
+        console.print(f"[bold red]plugin name clash {escape(where)}:[/] {escape(clash)}")
     return EXIT_OK
 
 
+def _plugin_row(kind: str, cls: type) -> tuple[str, str]:
+    """A plugin's summary and parameters for ``fedsim plugins``."""
+    params = "\n".join(
+        f"{field} = {_default(info)}  {info.description or ''}".rstrip()
+        for field, info in cls.Params.model_fields.items()
+    )
+    summary = str(cls.summary)
+    if kind == "attacks":
+        summary += "\n" + _knowledge_summary(cls)
+    if kind == "defences":
+        summary += "\nacts at: " + " or ".join(STAGE_NAMES[s] for s in cls.stages)
+        summary += "\nformal guarantee: " + (
+            "yes (clipping + noise + accountant)" if cls.formal_guarantee else "no"
+        )
+    return summary, params or "-"
+
+
+def _default(info: FieldInfo) -> str:
+    """A parameter's default as shown by ``fedsim plugins`` (``required`` if it has none)."""
+    if info.is_required():
+        return "(required)"
+    return repr(info.get_default(call_default_factory=True))
+
+
 def _knowledge_summary(cls: type) -> str:
-    """An attack's needed and usable threat-model flags, for ``fedsim plugins``."""
+    """An attack's needed and usable threat-model flags, for ``fedsim plugins`` (with its
+    default parameters; an attack with required parameters shows its class's ``needs``)."""
+    from pydantic import ValidationError
+
     from fedsim.threat import ordered
 
-    attack = cls(cls.Params())
+    try:
+        attack = cls(cls.Params())
+    except ValidationError:
+        needs = ", ".join(ordered(cls.needs)) or "-"
+        uses = ", ".join(ordered(cls.uses - cls.needs)) or "-"
+        return f"needs: {needs} (may depend on its required parameters)\nuses if known: {uses}"
     on_gradient = attack.knowledge_needed("gradient")
     on_delta = attack.knowledge_needed("delta") - on_gradient
     needs = ", ".join(ordered(on_gradient)) or "-"

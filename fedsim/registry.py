@@ -7,37 +7,87 @@ A package adds an attack by declaring, in its ``pyproject.toml``::
 
 and likewise ``fedsim.defences`` for defences. The entry-point name is the name
 used in scenario files. fedsim's built-ins register the same way.
+
+A plugin that fails to load (any exception, ``sys.exit`` included, on import) is
+set aside as broken and reported by ``fedsim plugins``; the others work. Two
+distributions declaring the same name in one group is a clash: the built-in
+(distribution ``fedsim``) keeps its name and the other is ignored; between two
+third-party distributions neither is loaded, and a scenario naming it is refused.
+Both cases are listed by ``fedsim plugins``.
+
+The ``fedsim.models`` group declares user models (``my_net = "my_package.nets:Net"``)
+that a deployed client agrees to build (:mod:`fedsim.models.allowed`); these
+entry points are read, never loaded.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from fedsim.api import STAGE_HOOKS, Attack, Defence, missing_hooks
 
 ATTACK_GROUP = "fedsim.attacks"
 DEFENCE_GROUP = "fedsim.defences"
+MODEL_GROUP = "fedsim.models"
+BUILTIN_DISTRIBUTION = "fedsim"
 
 
 @dataclass(frozen=True)
 class Plugins:
-    """Discovered plugins by entry-point name, and the ones that failed to load."""
+    """Discovered plugins by entry-point name, the ones that failed to load, and name
+    clashes between distributions (both keyed ``"group:name"``, valued by one line)."""
 
     attacks: dict[str, type[Attack]]
     defences: dict[str, type[Defence]]
     broken: dict[str, str]
+    clashes: dict[str, str]
 
 
-def _load(group: str, base: type, broken: dict[str, str]) -> dict[str, type]:
+def _distribution(ep: EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else "an unknown distribution"
+
+
+def _unambiguous(group: str, clashes: dict[str, str]) -> list[EntryPoint]:
+    """The group's entry points, one per name: a name declared by several distributions
+    keeps only the built-in's entry point, or none if no built-in declares it."""
+    by_name: defaultdict[str, list[EntryPoint]] = defaultdict(list)
+    for ep in entry_points(group=group):
+        by_name[ep.name].append(ep)
+    kept: list[EntryPoint] = []
+    for name, eps in sorted(by_name.items()):
+        dists = sorted({_distribution(ep) for ep in eps})
+        if len(dists) == 1:
+            kept.append(eps[0])
+            continue
+        builtin = [ep for ep in eps if _distribution(ep) == BUILTIN_DISTRIBUTION]
+        others = " and ".join(repr(d) for d in dists if d != BUILTIN_DISTRIBUTION)
+        if builtin:
+            kept.append(builtin[0])
+            clashes[f"{group}:{name}"] = (
+                f"declared by {BUILTIN_DISTRIBUTION!r} (built in, used) and by {others} (ignored)"
+            )
+        else:
+            clashes[f"{group}:{name}"] = (
+                f"declared by {others}: none is used; uninstall all but one"
+            )
+    return kept
+
+
+def _load(
+    group: str, base: type, broken: dict[str, str], clashes: dict[str, str]
+) -> dict[str, type]:
     found: dict[str, type] = {}
-    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+    for ep in _unambiguous(group, clashes):
         try:
             obj = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not break fedsim
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a plugin that fails, even by sys.exit, is set aside
             broken[f"{group}:{ep.name}"] = f"{type(exc).__name__}: {exc}"
             continue
         if not (isinstance(obj, type) and issubclass(obj, base)):
@@ -65,9 +115,15 @@ def _defence_problem(cls: type[Defence]) -> str | None:
 def discover() -> Plugins:
     """All installed plugins (cached for the process)."""
     broken: dict[str, str] = {}
-    attacks = _load(ATTACK_GROUP, Attack, broken)
-    defences = _load(DEFENCE_GROUP, Defence, broken)
-    return Plugins(attacks, defences, broken)
+    clashes: dict[str, str] = {}
+    attacks = _load(ATTACK_GROUP, Attack, broken, clashes)
+    defences = _load(DEFENCE_GROUP, Defence, broken, clashes)
+    return Plugins(attacks, defences, broken, clashes)
+
+
+def registered_models() -> dict[str, str]:
+    """Import paths declared in the ``fedsim.models`` group, by entry-point name (not loaded)."""
+    return {ep.name: ep.value for ep in entry_points(group=MODEL_GROUP)}
 
 
 def instantiate_attack(name: str, params: Mapping[str, Any]) -> Attack:

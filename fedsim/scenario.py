@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import re
 import sys
 import types
 from collections.abc import Sequence
@@ -436,6 +437,9 @@ def _plugin_entry(
         raise ScenarioError(source, (*path, "name"), "a plugin name cannot be swept")
     if not isinstance(name, str):
         raise ScenarioError(source, (*path, "name"), "missing plugin name")
+    clash = discover().clashes.get(f"fedsim.{kind}:{name}")
+    if name not in registry and clash:
+        raise ScenarioError(source, (*path, "name"), f"{kind[:-1]} plugin {name!r} is {clash}")
     if name not in registry:
         known = sorted(registry)
         raise ScenarioError(
@@ -587,23 +591,51 @@ def _deep_copy(value: Any) -> Any:
 # ---------------------------------------------------------------- files and overrides
 
 
+OVERRIDE_KEY = re.compile(r"[^.\[\]]+(?:\.[^.\[\]]+|\[\d+\])*")
+"""A ``--set`` key: names joined by dots, each optionally followed by ``[index]``s."""
+MAX_NESTING = 32
+"""How deeply tables and arrays may nest in a scenario (and in a ``--set`` value)."""
+
+
 def parse_override(text: str, source: str = "--set") -> tuple[KeyPath, Any]:
     """``"federation.rounds=2"`` or ``"defences[0].sigma=[0, 0.1]"`` → (path, value).
 
     The value is read as a TOML value; if that fails, as a plain string.
     """
     key, sep, value_text = text.partition("=")
-    if not sep or not key.strip():
+    key = key.strip()
+    if not sep or not OVERRIDE_KEY.fullmatch(key):
         raise ScenarioError(source, (), f"--set {text!r} must look like key.path=value")
     path: list[str | int] = []
-    for part in key.strip().replace("[", ".").replace("]", "").split("."):
-        if part:
-            path.append(int(part) if part.isdigit() else part)
+    for part in key.replace("[", ".").replace("]", "").split("."):
+        path.append(int(part) if part.isdigit() else part)
     try:
         value = tomllib.loads(f"v = {value_text.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = value_text.strip()
+    except RecursionError:
+        raise ScenarioError(source, (), f"--set {key}: value nested too deeply") from None
     return tuple(path), value
+
+
+def check_nesting(raw: dict[str, Any], source: str) -> None:
+    """Refuse tables and arrays nested more than :data:`MAX_NESTING` levels deep: no key
+    needs them, and a scenario travels to the clients as JSON, which pydantic reads
+    and writes only to about 200 levels.
+
+    Raises:
+        ScenarioError: naming the key under which the nesting is too deep.
+    """
+    stack: list[tuple[KeyPath, Any]] = [((), raw)]
+    while stack:
+        path, value = stack.pop()
+        if len(path) > MAX_NESTING:
+            key = path[: max(i for i, p in enumerate(path) if isinstance(p, str)) + 1]
+            raise ScenarioError(source, key, f"nested more than {MAX_NESTING} levels deep")
+        if isinstance(value, dict):
+            stack.extend(((*path, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(value))
 
 
 def apply_override(raw: dict[str, Any], path: KeyPath, value: Any, source: str) -> None:
@@ -627,6 +659,10 @@ def read_raw(path: Path) -> dict[str, Any]:
         raise ScenarioError(str(path), (), "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(str(path), (), f"invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(
+            str(path), (), "invalid TOML: arrays or tables nested too deeply"
+        ) from None
     except UnicodeDecodeError:
         raise ScenarioError(str(path), (), "not a UTF-8 text file") from None
     except OSError as exc:
@@ -639,4 +675,5 @@ def load(path: Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], lis
     for text in overrides:
         key, value = parse_override(text, str(path))
         apply_override(raw, key, value, str(path))
+    check_nesting(raw, str(path))
     return raw, expand(raw, str(path))

@@ -10,7 +10,10 @@ import pytest
 import torch
 from analytic_helpers import UNSUPPORTED, Rectified
 
+from fedsim.analytic import rank
 from fedsim.analytic.chain import UnsupportedModel
+from fedsim.analytic.conv import ConvGeometry, ConvOperator
+from fedsim.analytic.rank import RankError, dense_rank, structured_rank
 from fedsim.audit.cm import audit_model
 from fedsim.cli import main
 from fedsim.models.zoo import build_model
@@ -137,3 +140,72 @@ def test_run_with_audit_of_an_unsupported_model_exits_2_before_writing(
     err = capsys.readouterr().err
     assert "audit: unsupported layer 'pool' (MaxPool2d): pooling" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ('name = "no_such_module_fedsim:Net"', "cannot import module 'no_such_module_fedsim'"),
+        ('name = "this:Foo"', "the source of module 'this' defines no 'Foo'"),
+        (
+            'name = "torch.nn:Flatten"\n    kwargs = {width = 3}',
+            "model 'torch.nn:Flatten' cannot be built with kwargs {'width': 3}: TypeError: ",
+        ),
+    ],
+    ids=["missing module", "missing name", "bad kwargs"],
+)
+def test_audit_of_a_model_that_cannot_be_built_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, message: str
+) -> None:
+    path = write(
+        tmp_path,
+        TINY.replace(
+            'name = "convnet"\n    layers = [[3, 4, 1], [3, 2, 2]]\n    activation = "tanh"', model
+        ),
+    )
+
+    assert main(["audit", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fedsim: {path}: model: ")
+    assert message in lines[0]
+
+
+def test_audit_refuses_a_dense_rank_over_the_memory_budget_before_allocating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3×256×256 input: the dense U of its first layer (and the 196,608² identity that
+    builds it) would need hundreds of GiB; the audit says so at once instead of running
+    out of memory."""
+
+    def allocate(_op: ConvOperator) -> None:
+        raise AssertionError("the dense matrices were allocated")
+
+    monkeypatch.setattr(ConvOperator, "dense", allocate)
+    path = write(
+        tmp_path,
+        TINY.replace("image_size = 12", "image_size = 256").replace(
+            "[[3, 4, 1], [3, 2, 2]]", "[[3, 2, 1]]"
+        ),
+    )
+
+    assert main(["audit", str(path), "--dense"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"fedsim: {path}: model: the dense path for this k3 s1 p0, 3→2 ch layer would need "
+        "855.3 GiB, over the memory budget of "
+    )
+
+
+def test_rank_computations_check_their_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    op = ConvOperator(
+        ConvGeometry(3, 8, 8, 4, (3, 3)), torch.rand(4, 3, 3, 3, dtype=torch.float64),
+        torch.rand(4, 6, 6, dtype=torch.float64),
+    )  # fmt: skip
+    assert dense_rank(op).rank == structured_rank(op).rank  # within the real budget
+
+    monkeypatch.setattr(rank, "memory_budget", lambda limit=None: 1000)
+    with pytest.raises(RankError, match=r"^the dense path for this .* over the memory budget"):
+        dense_rank(op)
+    with pytest.raises(RankError, match=r"^the eigenproblem of size \d+ for this .* over the"):
+        structured_rank(op)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedsim.federation import protocol
 from fedsim.federation.client_app import make_client_app, training_batch
 from fedsim.federation.setup import federated_data, model_factory
-from fedsim.scenario import Scenario, expand
+from fedsim.scenario import ModelConfig, Scenario, expand
 
 NODE_PARTITION = 1
 
@@ -142,3 +144,85 @@ def test_client_state_follows_the_partition_across_stand_in_nodes(scenario: Scen
         for _ in range(2)
     ]  # fmt: skip
     assert eps_node[1] > eps_node[0] == pytest.approx(eps[0])
+
+
+SIDE_EFFECT_MODEL = """
+import pathlib
+
+from torch import nn
+
+pathlib.Path(__file__).with_name("imported").touch()  # the side effect: proof the module ran
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+"""
+
+
+@pytest.fixture
+def side_effect_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An importable module (1×8×8 images → 10 classes) that leaves a file when it runs."""
+    name = f"fedsim_side_effect_{tmp_path.name}"
+    (tmp_path / f"{name}.py").write_text(SIDE_EFFECT_MODEL, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def with_model(scenario: Scenario, name: str) -> Scenario:
+    return scenario.model_copy(update={"model": ModelConfig(name=name)})
+
+
+def deployed_context(**node_config: object) -> Context:
+    ctx = context()
+    ctx.node_config.update(node_config)
+    return ctx
+
+
+def test_deployed_client_refuses_a_model_the_node_does_not_allow(
+    scenario: Scenario, side_effect_module: str, tmp_path: Path
+) -> None:
+    msg = train_message(scenario, NODE_PARTITION, False)  # the arrays of the zoo model
+    for name in (f"{side_effect_module}:Net", "this:Foo"):
+        msg.content["config"][protocol.SCENARIO] = with_model(scenario, name).model_dump_json()
+        with pytest.raises(PermissionError, match=f"this node does not build model '{name}'"):
+            make_client_app(simulated=False)(msg, deployed_context())
+
+    assert side_effect_module not in sys.modules and "this" not in sys.modules
+    assert not (tmp_path / "imported").exists()
+
+
+def test_deployed_client_builds_a_model_its_node_config_allows(
+    scenario: Scenario, side_effect_module: str
+) -> None:
+    user = with_model(scenario, f"{side_effect_module}:Net")
+    ctx = deployed_context(**{"allow-models": f"other.module:Cnn, {side_effect_module}:Net"})
+
+    reply = make_client_app(simulated=False)(train_message(user, NODE_PARTITION, False), ctx)
+
+    assert set(reply.content["update"].keys()) == {"fc.weight", "fc.bias"}
+
+
+def test_deployed_client_builds_a_model_registered_by_an_entry_point(
+    scenario: Scenario, side_effect_module: str, tmp_path: Path
+) -> None:
+    info = tmp_path / "fakemodels-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fakemodels\nVersion: 0.1\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        f"[fedsim.models]\nside = {side_effect_module}:Net\n", encoding="utf-8"
+    )
+    user = with_model(scenario, f"{side_effect_module}:Net")
+
+    reply = make_client_app(simulated=False)(
+        train_message(user, NODE_PARTITION, False), deployed_context()
+    )
+
+    assert set(reply.content["update"].keys()) == {"fc.weight", "fc.bias"}

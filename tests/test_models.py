@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
+from fedsim.models.imports import defines_statically
 from fedsim.models.zoo import build_model
 
 SHAPE = (3, 32, 32)
@@ -110,3 +112,60 @@ def test_user_model_by_import_path(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_bad_import_path(path: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_model(path, input_shape=SHAPE, num_classes=6)
+
+
+def test_import_path_is_checked_before_the_module_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``this`` prints the Zen of Python when imported: the check refuses it unimported,
+    and a module whose source lacks the name never runs either."""
+    (tmp_path / "fedsim_noisy_module.py").write_text(
+        "print('side effect')\nclass Other:\n    pass\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    for path, module in (("this:Foo", "this"), ("fedsim_noisy_module:Net", "fedsim_noisy_module")):
+        with pytest.raises(ValueError, match=r"defines no .* \(checked without importing it\)"):
+            build_model(path, input_shape=SHAPE, num_classes=6)
+        assert module not in sys.modules
+    assert capsys.readouterr().out == ""
+
+
+def test_import_path_check_follows_star_imports_and_names_bound_by_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "fedsim_star_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .layers import *\n", encoding="utf-8")
+    (package / "layers.py").write_text("from torch.nn import Flatten as Flat\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    assert defines_statically("fedsim_star_pkg", "Flat")
+    assert not defines_statically("fedsim_star_pkg", "Linear")
+    assert not defines_statically("fedsim_star_pkg.missing", "Flat")
+    assert "fedsim_star_pkg" not in sys.modules  # the checks imported nothing
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shape", "message"),
+    [
+        (
+            {"num_classes": 4, "width": 3},
+            SHAPE,
+            "model 'torch.nn:Bilinear' cannot be built with kwargs {'num_classes': 4, 'width': 3}: "
+            "TypeError: ",
+        ),
+        (
+            {"in1_features": 4, "in2_features": 4, "out_features": 6},
+            SHAPE,
+            "model 'torch.nn:Bilinear' cannot take a (3, 32, 32) (C, H, W) input: TypeError: ",
+        ),
+    ],
+)
+def test_user_model_that_cannot_be_built_or_run_is_one_line(
+    kwargs: dict[str, int], shape: tuple[int, int, int], message: str
+) -> None:
+    with pytest.raises(ValueError) as error:
+        build_model("torch.nn:Bilinear", input_shape=shape, num_classes=6, kwargs=kwargs)
+    assert str(error.value).startswith(message)
+    assert "\n" not in str(error.value)

@@ -181,6 +181,74 @@ def test_set_override_with_invalid_value(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("override", ["[]=1", ".=3", "federation..rounds=2", "[0]=1"])
+def test_set_override_without_a_key_is_one_line(
+    override: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, VALID)
+
+    assert main(["audit", str(path), "--set", override]) == 2
+    assert_one_line_error(capsys, path, f"--set {override!r} must look like key.path=value")
+
+
+DEEP = "[" * 500 + "]" * 500
+
+
+@pytest.mark.parametrize(
+    ("text", "override", "fragment"),
+    [
+        (VALID.replace("sigma = 0.1", f"sigma = {DEEP}"), None, "invalid TOML: arrays or tables"),
+        (VALID, f"defences[0].sigma={DEEP}", "--set defences[0].sigma: value nested too deeply"),
+    ],
+    ids=["file", "override"],
+)
+def test_arrays_nested_too_deeply_are_one_line(
+    text: str,
+    override: str | None,
+    fragment: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(tmp_path, text)
+    out = tmp_path / "run"
+
+    assert run_cli(path, out, *(["--set", override] if override else [])) == 2
+    assert_one_line_error(capsys, path, fragment)
+    assert not out.exists()
+
+
+def test_nesting_deeper_than_the_limit_is_refused(tmp_path: Path) -> None:
+    """200 levels parse, but the scenario travels to the clients as JSON, which
+    pydantic reads only to about 200 levels: such a run would fail mid-federation."""
+    deep = "[" * 200 + "1" + "]" * 200
+    path = write(tmp_path, VALID + f'[model]\nname = "pkg.mod:Net"\nkwargs = {{a = {deep}}}\n')
+
+    with pytest.raises(ScenarioError) as error:
+        load(path)
+    assert str(error.value) == f"{path}: model.kwargs.a: nested more than 32 levels deep"
+
+
+def test_user_model_that_does_not_fit_the_data_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1-channel model on 3-channel photos: the model's own error, in one line."""
+    path = write(
+        tmp_path,
+        VALID + '[model]\nname = "torch.nn:Conv2d"\n'
+        "kwargs = {in_channels = 1, out_channels = 2, kernel_size = 3}\n",
+    )
+    out = tmp_path / "run"
+
+    assert run_cli(path, out) == 2
+    assert_one_line_error(
+        capsys,
+        path,
+        "model: model 'torch.nn:Conv2d' cannot take a (3, 32, 32) (C, H, W) input: RuntimeError: ",
+        "to have 1 channels, but got 3 channels instead",
+    )
+    assert not out.exists()
+
+
 def test_invalid_sweep_point_rejects_whole_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -19,6 +19,12 @@ Two paths that must agree (the tests check they do on small layers):
   random basis of ``null(W)``. Cosines below ``angle_tol`` count as zero.
   When ``W`` is rank deficient (e.g. a stride that skips input pixels) it falls
   back to the dense path if that fits in ``max_dense_bytes``.
+
+Both paths estimate the memory they would need from the layer's shapes before
+allocating it, and raise :class:`RankError` (one line) instead of running out
+of memory when the estimate exceeds :func:`memory_budget`: half the memory
+available when the layer's rank is computed (and, for the structured path's
+dense fallback, at most ``max_dense_bytes``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import psutil
 import scipy.linalg as sla
 import torch
 
@@ -42,10 +49,44 @@ they come from Gram-matrix eigenvalues, whose rounding floor is about 1e-8)."""
 CLEAR_GAP = 1e3
 """A rank is unambiguous when the smallest kept value is this many times the largest dropped."""
 MAX_DENSE_BYTES = 2 << 30
+"""The structured path's dense fallback uses at most this many bytes."""
+MEMORY_FRACTION = 0.5
+"""Share of the available memory (``psutil``) one rank computation may plan to use."""
 
 
 class RankError(RuntimeError):
     """The rank could not be established within the memory budget (message: one line)."""
+
+
+def memory_budget(limit: int | None = None) -> int:
+    """Bytes a rank computation may allocate: :data:`MEMORY_FRACTION` of the memory
+    available now, and at most ``limit`` if given."""
+    available = int(psutil.virtual_memory().available * MEMORY_FRACTION)
+    return available if limit is None else min(available, limit)
+
+
+def dense_peak_bytes(op: ConvOperator) -> int:
+    """Estimated peak of :func:`dense_rank`: the ``n × n`` identity it applies the
+    operators to, then ``W`` and ``G``, their scaled copies stacked into ``U``, and
+    LAPACK's copy of ``U`` (about three dense ``U``)."""
+    n = op.geometry.n_inputs
+    return 8 * n * n + 3 * op.dense_bytes()
+
+
+def eigenproblem_bytes(n: int, d_k: int, d_n: int) -> int:
+    """Estimated peak of the structured path's eigenproblem for ``n`` inputs: three
+    ``n × d_k`` arrays (row-space side, ``d_k ≤ d_n``), else two ``n × d_n`` bases
+    of ``null(W)`` and their ``d_k × d_n`` projection."""
+    return 8 * (3 * n * d_k if d_k <= d_n else 2 * n * d_n + d_k * d_n)
+
+
+def _check_budget(needed: int, budget: int, what: str) -> None:
+    """Raise :class:`RankError` (one line) if ``needed`` bytes exceed ``budget``."""
+    if needed > budget:
+        raise RankError(
+            f"{what} would need {needed / 2**30:.1f} GiB, over the memory budget of "
+            f"{budget / 2**30:.1f} GiB"
+        )
 
 
 @dataclass(frozen=True)
@@ -103,8 +144,17 @@ def _count(
     return rank, kept, dropped, warning
 
 
-def dense_rank(op: ConvOperator, rtol: float = RTOL) -> RankResult:
-    """Rank of the explicit dense ``U = [W/‖W‖; G/‖G‖]`` from all its singular values."""
+def dense_rank(op: ConvOperator, rtol: float = RTOL, budget: int | None = None) -> RankResult:
+    """Rank of the explicit dense ``U = [W/‖W‖; G/‖G‖]`` from all its singular values.
+
+    Raises:
+        RankError: :func:`dense_peak_bytes` exceeds ``budget`` (default :func:`memory_budget`).
+    """
+    _check_budget(
+        dense_peak_bytes(op),
+        memory_budget() if budget is None else budget,
+        f"the dense path for this {op.geometry.describe()} layer",
+    )
     began = time.perf_counter()
     w, g = op.dense()
     u = np.vstack([w / np.linalg.norm(w), g / max(np.linalg.norm(g), 1e-300)])
@@ -135,7 +185,8 @@ def structured_rank(
     """Rank of ``U`` without forming it; see the module docstring for the method.
 
     Raises:
-        RankError: ``W`` is rank deficient and the dense path exceeds ``max_dense_bytes``.
+        RankError: ``W`` is rank deficient and the dense path exceeds ``max_dense_bytes``
+            or the memory budget, or the eigenproblem exceeds the memory budget.
     """
     began = time.perf_counter()
     geo = op.geometry
@@ -171,17 +222,20 @@ def structured_rank(
         if ratio is None:
             raise np.linalg.LinAlgError("W is rank deficient")
     except np.linalg.LinAlgError:
-        if op.dense_bytes() * 3 > max_dense_bytes:
-            raise RankError(
-                f"the weight operator of this {geo.describe()} layer is rank deficient and the "
-                f"dense path would need {op.dense_bytes() * 3 / 2**30:.1f} GiB"
-            ) from None
-        dense = dense_rank(op, rtol)
+        budget = memory_budget(max_dense_bytes)
+        what = f"the weight operator of this {geo.describe()} layer is rank deficient and the "
+        _check_budget(dense_peak_bytes(op), budget, what + "dense path")
+        dense = dense_rank(op, rtol, budget)
         return RankResult(
             **{**dense.__dict__, "detail": dense.detail + " (W is rank deficient: dense fallback)"}
         )
     q_gamma = vt_gamma[:rho].T  # (H·W, ρ) orthonormal basis of row(Γ)
     d_k, d_n = geo.in_channels * rho, n - nz
+    _check_budget(
+        eigenproblem_bytes(n, d_k, d_n),
+        memory_budget(),
+        f"the eigenproblem of size {min(d_k, d_n)} for this {geo.describe()} layer",
+    )
     if d_k <= d_n:
         cosines, peak = _cosines_from_row_space(op, chol, perm, q_gamma)
         how = f"eigenproblem of size C_in·ρ = {d_k}"

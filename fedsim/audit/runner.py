@@ -38,7 +38,8 @@ def audit_scenario(
     scenario builds them) on client 0's first training sample.
 
     Raises:
-        ScenarioError: the model is unsupported or its data cannot be loaded (one line).
+        ScenarioError: the model cannot be built or is unsupported, a rank does not fit
+            the memory budget, or the data cannot be loaded (one line).
     """
     seen: dict[str, ScenarioAudit] = {}
     for trial in trials:
@@ -59,7 +60,10 @@ def audit_scenario(
             f"client 0's first training sample ({scenario.data.dataset}, class "
             f"{data.test.class_names[int(y[0])]!r})"
         )
-        model = model_factory(scenario, data)()
+        try:
+            model = model_factory(scenario, data)()
+        except ValueError as exc:  # an import path, kwargs or input shape that does not fit
+            raise ScenarioError(source, ("model",), str(exc)) from None
         config = scenario.model
         description = config.name + (f" {config.preset}" if config.preset else "")
         description += f" ({config.activation}"

@@ -32,6 +32,7 @@ from fedsim.federation.defences import ClientDefences
 from fedsim.federation.setup import derive_seed, federated_data, model_factory
 from fedsim.federation.threads import torch_threads
 from fedsim.metrics import pair_scores
+from fedsim.models.allowed import check_allowed
 from fedsim.scenario import Scenario
 from fedsim.training.objective import Objective, training_objective
 
@@ -187,7 +188,8 @@ def make_client_app(simulated: bool) -> ClientApp:
             (``share-truth`` scoring). ``False`` on real machines: the node acts
             only as its own ``--node-config partition-id``, and its batch never
             leaves it (a ``share-truth`` request fails); reconstructions are scored
-            here through ``query.score``.
+            here through ``query.score``; it builds only the models the node allows
+            (:mod:`fedsim.models.allowed`).
     """
     app = ClientApp()
 
@@ -201,6 +203,8 @@ def make_client_app(simulated: bool) -> ClientApp:
             else load_defence_state(context)
         )
         scenario = protocol.scenario_of(config)
+        if not simulated:  # the server chose this model: build it only if the node allows it
+            check_allowed(scenario.model.name, context.node_config)
         with torch_threads(scenario.threads):
             update, metrics, (x, y) = local_update(
                 scenario,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.data.datasets import ImageData
+from fedsim.models.errors import one_line
 from fedsim.scenario import ModelConfig
 
 PRETRAIN_BATCH_SIZE = 32
@@ -41,8 +42,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} not found") from None
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not loadable"
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot load checkpoint {str(path)!r}: {reason}") from None
+        raise CheckpointError(f"cannot load checkpoint {str(path)!r}: {one_line(exc)}") from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -6,12 +6,17 @@ Every model maps ``(B, C, H, W)`` images in [0, 1] to ``(B, num_classes)`` logit
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from fedsim.models.errors import one_line
+from fedsim.models.imports import import_model_class
+
+ZOO_MODELS = ("lenet", "convnet")
+"""The built-in models, by name."""
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -127,21 +132,6 @@ class ConvNet(nn.Module):
         return logits if self.out is None else self.out(logits)
 
 
-def import_model_class(path: str) -> type[nn.Module]:
-    """Resolve ``"package.module:ClassName"`` to a ``nn.Module`` subclass."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"model import path must look like 'pkg.module:Class', got {path!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} for model {path!r}: {exc}") from exc
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"{path!r} is not a torch.nn.Module subclass")
-    return cls
-
-
 def build_model(
     name: str,
     *,
@@ -170,8 +160,9 @@ def build_model(
         negative_slope: ``leaky_relu``'s slope for ``z < 0`` (zoo models only).
 
     Raises:
-        ValueError: on an unknown model, a bad spec, or a user model whose output
-            is not ``(B, num_classes)``.
+        ValueError: on an unknown model, a bad spec, a user model that cannot be
+            imported (see :mod:`fedsim.models.imports`), built with ``kwargs`` or run
+            on ``input_shape``, or whose output is not ``(B, num_classes)``; one line.
     """
     channels, height, width = input_shape
     with torch.random.fork_rng(devices=[]):
@@ -191,9 +182,22 @@ def build_model(
                 output_activation, negative_slope,
             )  # fmt: skip
         else:
-            model = import_model_class(name)(**(kwargs or {}))
-    with torch.no_grad():
-        out = model(torch.zeros(1, *input_shape))
+            cls = import_model_class(name)
+            try:
+                model = cls(**(kwargs or {}))
+            except Exception as exc:  # the user's constructor: any failure is bad input
+                raise ValueError(
+                    f"model {name!r} cannot be built with kwargs {kwargs or {}}: "
+                    f"{type(exc).__name__}: {one_line(exc)}"
+                ) from None
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_shape))
+    except Exception as exc:  # e.g. a 1-channel model on 3-channel data
+        raise ValueError(
+            f"model {name!r} cannot take a {input_shape} (C, H, W) input: "
+            f"{type(exc).__name__}: {one_line(exc)}"
+        ) from None
     if tuple(out.shape) != (1, num_classes):
         raise ValueError(
             f"model {name!r} maps a {input_shape} input to {tuple(out.shape)}, "
