@@ -19,7 +19,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 TIMEOUT = 180
 # The test's copy of the page (never the product page) gets a policy that forbids any
 # fetch but embedded images and inline styles, and a probe that records errors (script,
-# resource, policy violations, console.error) and, once loaded, every image's state.
+# resource, policy violations, console.error) and, once loaded, every image's state, the
+# document's title and its text. The page's own policy (which forbids every script) is
+# taken out of the copy: the probe needs inline scripts, and so a test sees whether
+# escaping alone keeps hostile text from running.
+PAGE_POLICY = re.compile(r'<meta http-equiv="Content-Security-Policy"[^>]*>\n?')
 PROBE = """<meta http-equiv="Content-Security-Policy"
  content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <script>
@@ -38,6 +42,8 @@ window.addEventListener("load", () => {
     images: images.length,
     broken: images.filter((i) => !(i.complete && i.naturalWidth > 0)).map((i) => i.alt),
     errors: window.__errors,
+    title: document.title,
+    text: document.body.textContent,
   });
   document.body.appendChild(out);
 });
@@ -50,6 +56,8 @@ class Rendered:
     images: int
     broken: list[str]
     errors: list[str]
+    title: str
+    text: str
 
 
 def chromium() -> str:
@@ -71,7 +79,7 @@ def _run(args: list[str]) -> str:
 def render(page: Path) -> Rendered:
     """Load a probed copy of ``page`` (beside it, so relative paths still resolve)."""
     probed = page.with_name("probe_" + page.name)
-    text = page.read_text(encoding="utf-8")
+    text = PAGE_POLICY.sub("", page.read_text(encoding="utf-8"), count=1)
     probed.write_text(text.replace("<head>", "<head>\n" + PROBE, 1), encoding="utf-8")
     dom = _run(["--virtual-time-budget=5000", "--dump-dom", probed.as_uri()])
     probed.unlink()

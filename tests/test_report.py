@@ -4,14 +4,16 @@ headless Chromium."""
 
 from __future__ import annotations
 
-import html
+import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from browser import render, screenshot
+from markupsafe import escape
 from rich.console import Console
 
 import fedsim.federation.runner as runner
@@ -167,7 +169,7 @@ def test_failures_are_listed_with_their_reasons(big_run: Path) -> None:
     assert f"point {FAILED_POINT + 1} (sigma=0.2) failed</b>: {CRASH}" in problems
     for (point, attack), (status, reason) in FAILURES.items():
         name, position = ATTACKS[attack]
-        assert f"{name} ({position}) {status}</b>: {reason}" in problems
+        assert f"{name} ({position}) {status}</b>: {escape(reason)}" in problems
         assert f"point {point + 1} (sigma={SIGMAS[point]}), round 1, client 0" in problems
     assert f"client failed</b>: {CLIENT_ERROR} — " in problems
     assert f"client timed out</b>: {CLIENT_TIMEOUT} — " in problems
@@ -250,4 +252,35 @@ def test_audit_table_and_advice_are_shown(tmp_path: Path, monkeypatch: pytest.Mo
     assert f"<td>{layer['index']} {layer['name']}: {layer['conv']}</td>" in section
     assert f"<td>{layer['rank']}</td>" in section
     for line in audit["advice"]:
-        assert f"<li>{html.escape(line, quote=False)}</li>" in section
+        assert f"<li>{escape(line)}</li>" in section
+
+
+def test_what_clients_sent_and_where_their_noise_came_from(big_run: Path, tmp_path: Path) -> None:
+    page = (big_run / "report.html").read_text(encoding="utf-8")
+    assert "<dt>client noise</dt>" not in page and "<dt>what clients sent</dt>" not in page
+    run_dir = tmp_path / "run"
+    shutil.copytree(big_run, run_dir)
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    results["client_noise"] = "os-entropy"
+    for trial in results["trials"]:
+        trial["client_sent"] = ["num-examples", "update"]
+    (run_dir / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    assert main(["report", str(run_dir)]) == 0
+    facts = (run_dir / "report.html").read_text(encoding="utf-8").split('id="run"')[1]
+    assert (
+        "<dt>client noise</dt><dd>from the operating system&#39;s entropy (a deployment): "
+        "the server cannot know the clients&#39; DP noise</dd>"
+    ) in facts
+    assert "<dt>what clients sent</dt><dd>num-examples, update</dd>" in facts
+
+    results["client_noise"] = "seeded"
+    results["trials"][1]["client_sent"] = ["defence0.epsilon", "num-examples", "update"]
+    (run_dir / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    assert main(["report", str(run_dir)]) == 0
+    facts = (run_dir / "report.html").read_text(encoding="utf-8").split('id="run"')[1]
+    assert "<dt>client noise</dt><dd>seeded (a simulation): the clients&#39; DP noise is " in facts
+    sent = "; ".join(
+        f"point {i + 1}: {'defence0.epsilon, ' if i == 1 else ''}num-examples, update"
+        for i in range(len(SIGMAS))
+    )
+    assert f"<dt>what clients sent</dt><dd>{sent}</dd>" in facts

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
 from fedsim.metrics import SUCCESS_PSNR
-from fedsim.report.html import Html, image, join, tag
+from fedsim.report.embed import Embedder, Picture
 
 EXPLANATIONS = {
     "sweep_leakage.png": "How much each attack recovered at each value of the swept parameter "
@@ -38,34 +36,22 @@ WIDE = 2.0
 """Plots wider than this aspect ratio (several panels) take a whole row of the page."""
 
 
-def _is_wide(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with Image.open(path) as picture:
-        return picture.width > WIDE * picture.height
+@dataclass(frozen=True)
+class Figure:
+    """One plot as the page shows it: the picture, its title and explanation, and whether
+    it takes a whole row."""
+
+    picture: Picture
+    title: str
+    explanation: str
+
+    @property
+    def wide(self) -> bool:
+        return self.picture.width > WIDE * self.picture.height
 
 
-def figure(run_dir: Path, plot: dict[str, str]) -> Html:
-    """One plot with its title and explanation."""
-    explanation = EXPLANATIONS.get(plot["path"], "")
-    css = "plot wide" if _is_wide(run_dir / plot["path"]) else "plot"
-    return tag(
-        "figure",
-        join(
-            [
-                image(run_dir / plot["path"], plot["title"], class_="plot"),
-                tag(
-                    "figcaption",
-                    join([tag("b", plot["title"]), ". " if explanation else "", explanation]),
-                ),
-            ]
-        ),
-        class_=css,
-    )
-
-
-def plots(run_dir: Path, results: dict[str, Any], names: tuple[str, ...] | None) -> Html | None:
-    """The listed plots among ``names`` (all the others when ``None``), or ``None``."""
+def plots(embed: Embedder, results: dict[str, Any], names: tuple[str, ...] | None) -> list[Figure]:
+    """The listed plots among ``names`` (all the others when ``None``), in that order."""
     listed = results.get("plots", [])
     known = (*SWEEP, "accuracy.png", "loss_curves.png", *SHOWN_ELSEWHERE)
     chosen = [
@@ -73,6 +59,6 @@ def plots(run_dir: Path, results: dict[str, Any], names: tuple[str, ...] | None)
     ]
     if names is not None:
         chosen.sort(key=lambda p: names.index(p["path"]))
-    if not chosen:
-        return None
-    return tag("div", join(figure(run_dir, p) for p in chosen), class_="plots")
+    return [
+        Figure(embed.image(p["path"]), p["title"], EXPLANATIONS.get(p["path"], "")) for p in chosen
+    ]

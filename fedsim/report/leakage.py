@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from fedsim.metrics import SUCCESS_PSNR
-from fedsim.report.html import Html, join, table, tag, text
+from fedsim.report.view import Cell, Table
 from fedsim.results.table import POINT_COLUMNS, format_cell, point_rows, short_point, summarise
 
 RECOGNISABLE_PSNR = 25.0
@@ -38,6 +39,22 @@ def format_psnr(psnr: float | None) -> str:
     if psnr is None:
         return "-"
     return "∞ dB" if math.isinf(psnr) else f"{psnr:.1f} dB"
+
+
+@dataclass(frozen=True)
+class Score:
+    """A PSNR as the page shows it: ``text`` (``46.3 dB``), its verdict ``words`` and the
+    verdict's CSS class."""
+
+    text: str
+    words: str
+    css: str
+
+
+def score(psnr: float | None) -> Score:
+    """The PSNR ``psnr`` (dB, peak 1) with its :func:`verdict`."""
+    words, css = verdict(psnr)
+    return Score(format_psnr(psnr), words, css)
 
 
 GLOSSARY = (
@@ -91,43 +108,29 @@ GLOSSARY = (
 )
 
 
-def glossary() -> Html:
-    """The "how to read this page" definitions."""
-    return tag(
-        "dl",
-        join(join([tag("dt", term), tag("dd", meaning)]) for term, meaning in GLOSSARY),
-        class_="glossary",
-    )
-
-
-def legend() -> Html:
-    """The PSNR colours and what they mean."""
+def legend() -> list[Score]:
+    """The PSNR colours and what they mean: one sample per verdict, its ``text`` the
+    verdict's range."""
     samples = [
         (f"≥ {SUCCESS_PSNR:.0f} dB", SUCCESS_PSNR),
         (f"{RECOGNISABLE_PSNR:.0f}–{SUCCESS_PSNR:.0f} dB", RECOGNISABLE_PSNR),
         (f"{BLURRED_PSNR:.0f}–{RECOGNISABLE_PSNR:.0f} dB", BLURRED_PSNR),
         (f"< {BLURRED_PSNR:.0f} dB", 0.0),
     ]
-    return tag(
-        "p",
-        join(
-            tag("span", f"{label}: {verdict(psnr)[0]}", class_=verdict(psnr)[1])
-            for label, psnr in samples
-        ),
-        class_="legend",
-    )
+    return [Score(label, *verdict(psnr)) for label, psnr in samples]
 
 
-def _psnr_cell(psnr: float | None) -> tuple[Html, str]:
-    words, css = verdict(psnr)
-    return tag("span", format_psnr(psnr), title=words), css
+def _psnr_cell(psnr: float | None) -> Cell:
+    shown = score(psnr)
+    return Cell(shown.text, shown.css, title=shown.words)
 
 
-def attack_table(results: dict[str, Any]) -> Html:
-    """One row per (sweep point, attack): leakage, its success, accuracy and ε."""
+def attack_table(results: dict[str, Any]) -> Table | None:
+    """One row per (sweep point, attack): leakage, its success, accuracy and ε (``None``
+    when no attack ran)."""
     rows = summarise(results)
     if not rows:
-        return tag("p", "No attack ran.")
+        return None
     sweep = any(r["point"] != "-" for r in rows)
     headers = [
         *(["sweep point"] if sweep else []),
@@ -155,17 +158,17 @@ def attack_table(results: dict[str, Any]) -> Html:
                 row["ok"],
                 format_cell(row["success"], "success"),
                 _psnr_cell(row["psnr"]),
-                (words, css),
+                Cell(words, css),
                 format_cell(row["ssim"], "ssim"),
                 format_cell(row["label_accuracy"], "label_accuracy"),
                 format_cell(row["test_accuracy"], "test_accuracy"),
                 format_cell(row["epsilon"], "epsilon"),
             ]
         )
-    return table(headers, body, class_="numbers")
+    return Table.of(headers, body, "numbers")
 
 
-def point_table(results: dict[str, Any]) -> Html | None:
+def point_table(results: dict[str, Any]) -> Table | None:
     """One row per sweep point (accuracy, ε, noise) when a defence measured something;
     the columns no point has a value for are left out."""
     rows = point_rows(results)
@@ -176,10 +179,8 @@ def point_table(results: dict[str, Any]) -> Html | None:
     }
     if len(rows) < 2 and len(shown) <= 3:
         return None
-    return table(
-        list(shown.values()),
-        [[format_cell(r[k], k) for k in shown] for r in rows],
-        class_="numbers",
+    return Table.of(
+        list(shown.values()), [[format_cell(r[k], k) for k in shown] for r in rows], "numbers"
     )
 
 
@@ -193,22 +194,31 @@ def best_image_psnr(record: dict[str, Any]) -> float:
     return max((im["psnr"] for im in record["images"]), default=record["metrics"]["psnr"])
 
 
-def findings(results: dict[str, Any]) -> list[Html]:
+@dataclass(frozen=True)
+class Best:
+    """The best image an attacker ``position`` (in words) rebuilt: its score, by which
+    attack, in which round, at which sweep point (``""`` without a sweep)."""
+
+    position: str
+    score: Score
+    attack: str
+    round: int
+    point: str
+
+
+def findings(results: dict[str, Any]) -> list[Best | str]:
     """A few sentences a newcomer can read first: what leaked most, where nothing leaked."""
-    lines: list[Html] = []
+    lines: list[Best | str] = []
     ok = scored(results)
     for position in sorted({r["position"] for r in ok}):
         best = max((r for r in ok if r["position"] == position), key=best_image_psnr)
-        psnr = best_image_psnr(best)
-        words, css = verdict(psnr)
-        where = f" at {short_point(best['point'])}" if best["point"] else ""
         lines.append(
-            join(
-                [
-                    f"Best image rebuilt by an attacker at {POSITIONS.get(position, position)}: ",
-                    tag("span", f"{format_psnr(psnr)}, {words}", class_=css),
-                    f" ({best['attack']}, round {best['round']}{where}).",
-                ]
+            Best(
+                POSITIONS.get(position, position),
+                score(best_image_psnr(best)),
+                best["attack"],
+                best["round"],
+                short_point(best["point"]) if best["point"] else "",
             )
         )
     points = {t["index"]: t for t in results["trials"]}
@@ -220,18 +230,14 @@ def findings(results: dict[str, Any]) -> list[Html]:
                 safe.append(short_point(trial["point"]))
         if safe:
             lines.append(
-                text(
-                    "Settings where no attack produced a recognisable image (every "
-                    f"PSNR below {RECOGNISABLE_PSNR:.0f} dB): " + "; ".join(safe) + "."
-                )
+                "Settings where no attack produced a recognisable image (every "
+                f"PSNR below {RECOGNISABLE_PSNR:.0f} dB): " + "; ".join(safe) + "."
             )
         else:
             lines.append(
-                text(
-                    f"No setting kept every attack below {RECOGNISABLE_PSNR:.0f} dB: "
-                    "some image stayed recognisable at every point."
-                )
+                f"No setting kept every attack below {RECOGNISABLE_PSNR:.0f} dB: "
+                "some image stayed recognisable at every point."
             )
     if not ok:
-        lines.append(text("No reconstruction was scored: see the problems below."))
+        lines.append("No reconstruction was scored: see the problems below.")
     return lines

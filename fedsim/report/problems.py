@@ -5,9 +5,9 @@ metrics that could not be computed."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
-from fedsim.report.html import Html, join, tag
 from fedsim.results.table import short_point
 
 RUN_STATUS = {
@@ -19,26 +19,36 @@ RUN_STATUS = {
 }
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One line of the problems list: what went wrong (``head``, in bold), the rest of the
+    sentence (``rest``, from its leading punctuation) and where it happened (``where``,
+    muted; ``""`` when it is not about places)."""
+
+    head: str
+    rest: str
+    where: str = ""
+
+
 def _point(trial_points: dict[int, str], index: int) -> str:
     label = trial_points.get(index, "-")
     return f"point {index + 1}" + (f" ({label})" if label != "-" else "")
 
 
-def problems(results: dict[str, Any]) -> list[Html]:
-    """One line per problem (similar ones grouped, with a count and where they happened)."""
-    lines: list[Html] = []
+def problems(results: dict[str, Any], refused: list[str]) -> list[Problem]:
+    """One line per problem (similar ones grouped, with a count and where they happened);
+    ``refused`` lists the images the page did not embed (see :mod:`fedsim.report.embed`)."""
+    lines: list[Problem] = []
     status = results.get("status", "running")
     if status in RUN_STATUS:
-        lines.append(join([tag("b", f"run {status}"), f": {RUN_STATUS[status]}"]))
+        lines.append(Problem(f"run {status}", f": {RUN_STATUS[status]}"))
     points = {t["index"]: short_point(t["point"]) for t in results["trials"]}
     for trial in results["trials"]:
         if trial["status"] not in ("complete", "running"):
             lines.append(
-                join(
-                    [
-                        tag("b", f"{_point(points, trial['index'])} {trial['status']}"),
-                        f": {trial['error'] or 'no reason recorded'}",
-                    ]
+                Problem(
+                    f"{_point(points, trial['index'])} {trial['status']}",
+                    f": {trial['error'] or 'no reason recorded'}",
                 )
             )
     grouped: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
@@ -48,31 +58,23 @@ def problems(results: dict[str, Any]) -> list[Html]:
             who = "aggregate" if r["client"] is None else f"client {r['client']}"
             grouped[key].append(f"{_point(points, r['trial'])}, round {r['round']}, {who}")
     for (attack, position, status, reason), where in grouped.items():
-        lines.append(
-            join(
-                [
-                    tag("b", f"{attack} ({position}) {status}"),
-                    f": {reason} — ",
-                    tag("span", _places(where), class_="muted"),
-                ]
-            )
-        )
+        lines.append(Problem(f"{attack} ({position}) {status}", f": {reason}", _places(where)))
     lines += _client_failures(results, points)
     for trial in results["trials"]:
         info = trial.get("rel_perceptual_l1")
         if info and info.get("status") == "unavailable":
             lines.append(
-                join(
-                    [
-                        tag("b", "relative-perceptual-L1 unavailable"),
-                        f" at {_point(points, trial['index'])}: {info.get('reason')}",
-                    ]
+                Problem(
+                    "relative-perceptual-L1 unavailable",
+                    f" at {_point(points, trial['index'])}: {info.get('reason')}",
                 )
             )
+    if refused:
+        lines.append(Problem("image not embedded", f": {_places(refused)}"))
     return lines
 
 
-def _client_failures(results: dict[str, Any], points: dict[int, str]) -> list[Html]:
+def _client_failures(results: dict[str, Any], points: dict[int, str]) -> list[Problem]:
     """Clients whose round failed (error or timeout), grouped by reason."""
     grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
     for trial in results["trials"]:
@@ -83,12 +85,8 @@ def _client_failures(results: dict[str, Any], points: dict[int, str]) -> list[Ht
             place = f"{_point(points, trial['index'])}, round {failure['round']}{who}"
             grouped[(kind, failure.get("error") or "no reason recorded")].append(place)
     return [
-        join(
-            [
-                tag("b", f"client {'timed out' if kind == 'timeout' else 'failed'}"),
-                f": {error} — ",
-                tag("span", _places(where), class_="muted"),
-            ]
+        Problem(
+            f"client {'timed out' if kind == 'timeout' else 'failed'}", f": {error}", _places(where)
         )
         for (kind, error), where in grouped.items()
     ]
@@ -103,13 +101,3 @@ def _places(where: list[str]) -> str:
         f"; … {len(where) - MAX_PLACES} more" if len(where) > MAX_PLACES else ""
     )
     return f"{len(where)}×: {shown}" if len(where) > 1 else shown
-
-
-def problems_section(results: dict[str, Any]) -> Html:
-    """The problems as a list, or a line saying there were none."""
-    lines = problems(results)
-    if not lines:
-        return tag(
-            "p", "None: every sweep point completed and every attack was scored.", class_="fine"
-        )
-    return tag("ul", join(tag("li", line) for line in lines), class_="problems")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from fedsim.report.html import Html, details, join, tag
+from fedsim.report.embed import Embedder, Text
 from fedsim.report.rundir import RunFiles
 from fedsim.results.table import short_point
 
@@ -46,6 +47,26 @@ def _environment(env: dict[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
+CLIENT_NOISE = {
+    "seeded": "seeded (a simulation): the clients' DP noise is reproducible from the "
+    "scenario's seed, so a server that knows the seed could regenerate it",
+    "os-entropy": "from the operating system's entropy (a deployment): the server cannot "
+    "know the clients' DP noise",
+}
+
+
+def _client_sent(results: dict[str, Any]) -> str | None:
+    """What the clients' replies carried (``trials[i]["client_sent"]``), once when every
+    sweep point agrees, else per point; ``None`` when not recorded."""
+    sent = {t["index"]: t["client_sent"] for t in results["trials"] if "client_sent" in t}
+    if not sent:
+        return None
+    listed = {index: ", ".join(names) or "nothing" for index, names in sent.items()}
+    if len(set(listed.values())) == 1:
+        return next(iter(listed.values()))
+    return "; ".join(f"point {index + 1}: {names}" for index, names in listed.items())
+
+
 def facts(run: RunFiles) -> list[tuple[str, str]]:
     """``(name, value)`` lines about the run."""
     results, scenario = run.results, run.first_scenario
@@ -73,48 +94,36 @@ def facts(run: RunFiles) -> list[tuple[str, str]]:
     truth = results.get("ground_truth_note") or results.get("ground_truth")
     if truth:
         lines.append(("scoring", truth))
+    noise = results.get("client_noise")
+    if noise:
+        lines.append(("client noise", CLIENT_NOISE.get(noise, noise)))
+    sent = _client_sent(results)
+    if sent is not None:
+        lines.append(("what clients sent", sent))
     return lines + _environment(results.get("environment"))
 
 
-def provenance(run: RunFiles) -> Html:
+@dataclass(frozen=True)
+class Provenance:
+    """What ran: the :func:`facts`, the scenario as written (``scenario.toml``) and as
+    resolved (the first sweep point's), each ``None`` when unknown, and the run's
+    ``(file, what it holds)`` present in its directory."""
+
+    facts: list[tuple[str, str]]
+    written: Text | None
+    resolved: Text | None
+    files: list[tuple[str, str]]
+
+
+def provenance(run: RunFiles, embed: Embedder) -> Provenance:
     """The facts, then the scenario as written and as resolved, and the run's files."""
-    parts: list[Html] = [
-        tag("dl", join(join([tag("dt", k), tag("dd", v)]) for k, v in facts(run)), class_="facts")
-    ]
-    if run.scenario_text is not None:
-        parts.append(
-            details("the scenario as written (scenario.toml)", tag("pre", run.scenario_text))
-        )
-    if run.first_scenario:
-        parts.append(
-            details(
-                "the scenario as resolved: every default filled in (the first sweep point; the "
-                "others differ only in the swept values)",
-                tag("pre", json.dumps(run.first_scenario, indent=1)),
-            )
-        )
-    present = [(name, what) for name, what in RUN_FILES.items() if (run.path / name).is_file()]
-    parts.append(
-        tag(
-            "p",
-            join(
-                [
-                    "Files in the run directory: ",
-                    join(
-                        join(
-                            [
-                                tag("a", name, href=name),
-                                f" ({what})",
-                                "; " if i < len(present) - 1 else ".",
-                            ]
-                        )
-                        for i, (name, what) in enumerate(present)
-                    ),
-                ]
-            ),
-        )
+    written = run.scenario_text
+    return Provenance(
+        facts(run),
+        embed.text(written) if written is not None else None,
+        embed.text(json.dumps(run.first_scenario, indent=1)) if run.first_scenario else None,
+        [(name, what) for name, what in RUN_FILES.items() if (run.path / name).is_file()],
     )
-    return join(parts)
 
 
 PROTOCOLS = {

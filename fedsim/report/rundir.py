@@ -35,6 +35,10 @@ class RunFiles:
         return trials[0].get("scenario", {})
 
 
+READ_FILES = ("results.json", "scenario.toml", "scenario.resolved.json")
+"""The files the report reads; each must lie inside the run directory."""
+
+
 def _optional_text(path: Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
@@ -43,18 +47,24 @@ def load_run(run_dir: Path) -> RunFiles:
     """Read ``run_dir``.
 
     Raises:
-        ReportError: not a directory, no ``results.json``, or unreadable JSON.
+        ReportError: not a directory, no ``results.json``, a file of
+            :data:`READ_FILES` that links outside the run directory, or unreadable files.
     """
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such run directory")
     if not (run_dir / "results.json").is_file():
         raise ReportError(f"{run_dir}: not a fedsim run directory (no results.json)")
+    root = run_dir.resolve()
+    for name in READ_FILES:
+        if (run_dir / name).exists() and not (run_dir / name).resolve().is_relative_to(root):
+            raise ReportError(f"{run_dir}: {name} links to a file outside the run directory")
     try:
         results = read_results(run_dir)
         resolved_text = _optional_text(run_dir / "scenario.resolved.json")
         resolved = json.loads(resolved_text) if resolved_text is not None else None
+        scenario_text = _optional_text(run_dir / "scenario.toml")
     except (OSError, ValueError) as exc:
         raise ReportError(f"{run_dir}: cannot read the results: {exc}") from None
     if not isinstance(results, dict) or not {"trials", "records"} <= results.keys():
         raise ReportError(f"{run_dir}: results.json is not a fedsim results file")
-    return RunFiles(run_dir, results, _optional_text(run_dir / "scenario.toml"), resolved)
+    return RunFiles(run_dir, results, scenario_text, resolved)
