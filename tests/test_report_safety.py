@@ -311,3 +311,29 @@ def test_embedded_files_stop_at_the_page_budget(
 
 def uri(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (lambda r: r["records"][0].pop("images"), "KeyError: missing key 'images'"),
+        (lambda r: r["records"][0]["images"][0].update(original_png=7), "TypeError"),
+        (lambda r: r["trials"].__setitem__(0, "a string"), "TypeError: string indices"),
+    ],
+    ids=["missing-key", "path-not-a-string", "trial-not-a-table"],
+)
+def test_a_malformed_results_file_is_one_line(
+    hostile_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: Any,
+    complaint: str,
+) -> None:
+    run_dir = copy_run(hostile_run, tmp_path)
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    change(results)
+    (run_dir / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    assert main(["report", str(run_dir)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fedsim: {run_dir}: results.json is not a fedsim results file (")
+    assert complaint in line

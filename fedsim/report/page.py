@@ -16,7 +16,7 @@ from fedsim.report.leakage import GLOSSARY, attack_table, findings, legend, poin
 from fedsim.report.problems import problems
 from fedsim.report.provenance import provenance, setup_sentence
 from fedsim.report.render import render
-from fedsim.report.rundir import RunFiles, load_run
+from fedsim.report.rundir import ReportError, RunFiles, load_run
 from fedsim.results.store import atomic_write
 
 REPORT_NAME = "report.html"
@@ -95,9 +95,18 @@ def write_report(run_dir: Path) -> Path:
     """Build ``run_dir/report.html`` from the run's saved results; returns its path.
 
     Raises:
-        ReportError: ``run_dir`` is not a readable run directory.
+        ReportError: ``run_dir`` is not a readable run directory, or its
+            ``results.json`` does not have the shape fedsim writes (a missing key, a
+            value of the wrong type): one line naming what was wrong.
     """
-    page = build_page(load_run(run_dir))
+    run = load_run(run_dir)
+    try:
+        page = build_page(run)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise ReportError(
+            f"{run_dir}: results.json is not a fedsim results file ({type(exc).__name__}: {what})"
+        ) from None
     path = run_dir / REPORT_NAME
     atomic_write(path, page)
     return path
