@@ -321,7 +321,9 @@ class LocalTraining:
         batch_size: the scenario's (expected) batch size.
         lr: the local learning rate (SGD; FedSGD's is applied by the server).
         epochs: local epochs (FedAvg).
-        generator: the only source of randomness allowed (sampling and noise).
+        generator: the only source of randomness allowed (sampling and noise):
+            seeded from the scenario in simulation, from the client's OS entropy
+            (unknown to the server) on the deployment engine.
     """
 
     model: nn.Module
@@ -383,6 +385,12 @@ class Defence:
     noise over that of what it was added to), ``epsilon`` and ``delta`` (the
     privacy spent so far, for defences with an accountant).
 
+    A defence with a formal guarantee names in :attr:`public_measurements`
+    those of its measurements that depend only on its parameters and its
+    accountant (``noise_std``, ``epsilon``, ...). On a client, while such a
+    defence acts, only these leave the client: the others (norms of the update,
+    statistics of the noise drawn) would reveal what the guarantee protects.
+
     A defence that accumulates across rounds (an accountant) returns its
     state from :meth:`state_dict` (JSON-serialisable). fedsim keeps a client
     defence's state per client in Flower's ``Context.state`` and hands it back
@@ -393,6 +401,7 @@ class Defence:
     name: ClassVar[str]
     summary: ClassVar[str]
     formal_guarantee: ClassVar[bool] = False
+    public_measurements: ClassVar[frozenset[str]] = frozenset()
     stages: ClassVar[tuple[Stage, ...]] = ("upload",)
     Params: ClassVar[type[DefenceParams]] = DefenceParams
 
@@ -421,7 +430,8 @@ class Defence:
         """``upload`` stage: return the defended upload and measurements.
 
         ``update`` must not be modified in place. ``generator`` is the only source
-        of randomness allowed, so that runs are reproducible.
+        of randomness allowed: seeded from the scenario in simulation, so that runs
+        are reproducible; from the client's OS entropy on the deployment engine.
         """
         raise NotImplementedError(f"defence {self.name!r} does not act on uploads")
 

@@ -24,9 +24,17 @@ attack tap, and Flower's accounted wrappers refuse any strategy whose
 whereas fedsim's uploads are already gradients or deltas; and their noise
 comes from NumPy's global random state. So this plugin reuses Flower's
 clipping, ``compute_stdv`` and RDP accountant (``fedsim.api.clip_update``,
-``GaussianAccountant``) and draws the noise from fedsim's seeded generator.
+``GaussianAccountant``) and draws the noise from fedsim's generator (seeded
+from the scenario in simulation; from the client's OS entropy on the
+deployment engine, so the server cannot replay a client's noise).
 Both placements account without amplification by sampling (as Flower's
 fixed-clipping accounting does): ε is an upper bound.
+
+With ``placement = "client"`` a reply carries only ``noise_std``, ``epsilon``
+and ``delta`` of this defence's measurements: the norms before and after
+clipping, whether it clipped, and the statistics of the noise drawn stay on
+the client (so do the training loss and batch size; see
+``fedsim.federation.client_app``).
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ class DPGaussian(Defence):
         "on the server's aggregate (central DP, z·C/m); RDP accountant (Flower) reports ε."
     )
     formal_guarantee = True
+    public_measurements = frozenset({"noise_std", "epsilon", "delta"})
     stages = ("upload", "aggregate")
     Params = DPGaussianParams
 

@@ -16,6 +16,16 @@ therefore reports the ε spent *since the first round* at ``delta``, not the
 The guarantee is sample-level DP for each client's data, against anyone who
 sees its uploads (the server and participants alike).
 
+The Poisson sampling and the noise draw from the client's generator: seeded
+from the scenario in simulation (reproducible), from the client's OS entropy
+on the deployment engine, so that the server can neither replay the noise nor
+know which samples a step used. Opacus's ``secure_mode`` is not used: it
+needs ``torchcsprng``, whose last release (0.2.1) requires PyTorch 1.8.1 and
+Python ≤ 3.9. A reply
+carries only ``noise_std``, ``sample_rate``, ``expected_batch_size``,
+``epsilon`` and ``delta`` of the measurements: the training loss, the
+realised batch size and the statistics of the noise drawn stay on the client.
+
 Opacus cannot train some layers (e.g. BatchNorm): the scenario is rejected
 with Opacus's reason, unless ``fix_model = true`` lets
 ``ModuleValidator.fix`` replace them (BatchNorm → GroupNorm) in the model
@@ -79,8 +89,10 @@ class DPSGDParams(DefenceParams):
 
 @contextmanager
 def _quiet_opacus() -> Iterator[None]:
-    """Silence Opacus's two expected warnings: no secure RNG (we seed on purpose) and
-    backward hooks firing on inputs that need no gradient (the images)."""
+    """Silence Opacus's two expected warnings: no secure RNG (``secure_mode`` needs
+    ``torchcsprng``; fedsim's generator is seeded on purpose in simulation and from OS
+    entropy on the deployment engine) and backward hooks firing on inputs that need no
+    gradient (the images)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -129,6 +141,9 @@ class DPSGD(Defence):
         "noise z·C; Opacus's RDP accountant, kept across rounds, reports ε."
     )
     formal_guarantee = True
+    public_measurements = frozenset(
+        {"noise_std", "sample_rate", "expected_batch_size", "epsilon", "delta"}
+    )
     stages = ("training",)
     Params = DPSGDParams
 

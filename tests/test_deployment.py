@@ -1,6 +1,7 @@
 """fedsim's apps on Flower's deployment engine: a SuperLink and two SuperNodes on
-127.0.0.1 (insecure, free ports), the run started with ``flwr run``, and its results
-compared with the same scenario in simulation."""
+127.0.0.1 (insecure, free ports), runs started with ``flwr run``, and their results
+compared with the same scenarios in simulation: the same computations, except the
+clients' noise, which on real machines comes from randomness the server cannot know."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr
-DEADLINE = 420.0  # seconds for the deployed run, start-up included
+DEADLINE = 600.0  # seconds for a deployed run, start-up included (three share the nodes)
 
 SCENARIO = """\
 name = "deployed"
@@ -60,6 +60,34 @@ position = "participant"
 rounds = [2]
 iterations = 5
 conv_backend = "default"
+"""
+
+
+NOISY = """\
+name = "noisy"
+seed = 1
+device = "cpu"
+
+[data]
+dataset = "photos"
+image_size = 16
+samples_per_class = 4
+
+[model]
+name = "lenet"
+activation = "sigmoid"
+
+[federation]
+num_clients = 2
+clients_per_round = 2
+rounds = 1
+protocol = "fedsgd"
+batch_size = 1
+
+[[defences]]
+name = "gaussian_noise"
+sigma = 0.01
+placement = "client"
 """
 
 
@@ -194,30 +222,53 @@ def wait_for_results(run_dir: Path, federation: Federation) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, Any]]]:
-    """The scenario run on the deployment engine and in simulation."""
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scenario files, and every run directory."""
     folder = tmp_path_factory.mktemp("deploy")
-    scenario = folder / "deployed.toml"
-    scenario.write_text(SCENARIO, encoding="utf-8")
+    (folder / "deployed.toml").write_text(SCENARIO, encoding="utf-8")
+    (folder / "noisy.toml").write_text(NOISY, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def deployed(folder: Path) -> dict[str, tuple[Path, Any]]:
+    """Run directory and results of each run on one federation: ``deployed`` (the
+    scenario) and ``noisy1``, ``noisy2`` (the noisy scenario twice), submitted at once."""
+    submitted = {
+        "deployed": folder / "deployed.toml",
+        "noisy1": folder / "noisy.toml",
+        "noisy2": folder / "noisy.toml",
+    }
     federation = Federation(folder)
     try:
         federation.up()
-        started = federation.flwr_run(scenario, folder / "deployed")
-        assert started.returncode == 0, started.stdout + started.stderr
-        deployed = wait_for_results(folder / "deployed", federation)
+        for name, scenario in submitted.items():
+            started = federation.flwr_run(scenario, folder / name)
+            assert started.returncode == 0, started.stdout + started.stderr
+        return {
+            name: (folder / name, wait_for_results(folder / name, federation)) for name in submitted
+        }
     finally:
         federation.down()
+
+
+def simulate(scenario: Path, run_dir: Path) -> dict[str, Any]:
+    """``fedsim run`` of ``scenario`` in simulation, in this process (2 torch threads)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert main(["run", str(scenario), "--out", str(folder / "simulated")]) == 0
+        assert main(["run", str(scenario), "--out", str(run_dir)]) == 0
     finally:
         torch.set_num_threads(threads)
-    simulated = json.loads((folder / "simulated" / "results.json").read_text("utf-8"))
-    yield {
-        "deployed": (folder / "deployed", deployed),
-        "simulated": (folder / "simulated", simulated),
-    }
+    results: dict[str, Any] = json.loads((run_dir / "results.json").read_text("utf-8"))
+    return results
+
+
+@pytest.fixture(scope="module")
+def runs(folder: Path, deployed: dict[str, tuple[Path, Any]]) -> dict[str, tuple[Path, Any]]:
+    """The scenario run on the deployment engine and in simulation."""
+    simulated = simulate(folder / "deployed.toml", folder / "simulated")
+    return {"deployed": deployed["deployed"], "simulated": (folder / "simulated", simulated)}
 
 
 def test_deployed_run_completes_scored_on_the_clients(runs: dict[str, tuple[Path, Any]]) -> None:
@@ -262,3 +313,39 @@ def test_deployed_run_equals_the_simulation(runs: dict[str, tuple[Path, Any]]) -
         )
         for metric in ("psnr", "ssim", "mse", "label_accuracy"):
             assert ours["metrics"][metric] == pytest.approx(theirs["metrics"][metric], rel=1e-6)
+
+
+def client_noise(results: dict[str, Any]) -> float:
+    """The noise std the clients measured in round 1 (mean over the clients)."""
+    return float(results["trials"][0]["defences"]["1"]["clients"]["defence0.measured_noise_std"])
+
+
+def test_deployed_clients_add_noise_the_server_cannot_replay(
+    folder: Path, deployed: dict[str, tuple[Path, Any]]
+) -> None:
+    (_, first), (_, second) = deployed["noisy1"], deployed["noisy2"]
+    assert first["status"] == second["status"] == "complete"
+    assert first["client_noise"] == second["client_noise"] == "os-entropy"
+    simulated = [simulate(folder / "noisy.toml", folder / f"noisy-simulated{i}") for i in (1, 2)]
+    assert simulated[0]["client_noise"] == "seeded"
+
+    # One scenario, one seed: simulated runs draw the same noise (anyone who knows the
+    # seed can replay it); deployed clients draw new noise every run.
+    assert client_noise(simulated[0]) == client_noise(simulated[1])
+    assert simulated[0]["trials"][0]["accuracy"] == simulated[1]["trials"][0]["accuracy"]
+    assert client_noise(first) != client_noise(second)
+    assert client_noise(simulated[0]) not in (client_noise(first), client_noise(second))
+    # What the deployed clients sent: their upload and metrics, never their data.
+    assert first["trials"][0]["client_sent"] == [
+        "batch-size",
+        "defence0.measured_noise_std",
+        "defence0.noise_std",
+        "defence0.noise_to_update_norm",
+        "defence0.update_norm",
+        "local-steps",
+        "metrics",
+        "num-examples",
+        "partition-id",
+        "train-loss",
+        "update",
+    ]

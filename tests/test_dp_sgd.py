@@ -2,6 +2,8 @@
 
 Runs a client's local round in process (no Flower); the accountant's state
 travels between rounds exactly as the ClientApp keeps it in ``Context.state``.
+The noise measurements, which stay on the client, are read off the plugin's
+own result (:func:`trained`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,16 @@ from flwr.app import ArrayRecord, Context, RecordDict
 from opacus.accountants import RDPAccountant
 from torch import nn
 
+from fedsim.api import LocalTraining, TrainingResult
 from fedsim.cli import main
-from fedsim.federation.client_app import load_defence_state, local_update, save_defence_state
+from fedsim.federation.client_app import (
+    load_defence_state,
+    local_update,
+    round_generator,
+    save_defence_state,
+)
 from fedsim.federation.setup import federated_data, model_factory
+from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario, expand
 
 DELTA = 1e-5
@@ -53,6 +62,21 @@ def scenario(protocol: str = "fedavg", model: dict | None = None, **dp_sgd: obje
 def start(sc: Scenario) -> tuple[nn.Module, ArrayRecord]:
     model = model_factory(sc, federated_data(sc))()
     return model, ArrayRecord.from_torch_state_dict(model.state_dict())
+
+
+def trained(sc: Scenario, partition: int, server_round: int, arrays: ArrayRecord) -> TrainingResult:
+    """The dp_sgd plugin's own result for a client's round, trained as the simulated
+    ClientApp trains it (same seeded generator), with every measurement it made."""
+    data = federated_data(sc)
+    model = model_factory(sc, data)()
+    model.load_state_dict(arrays.to_torch_state_dict())
+    shard, fed = data.shards[partition], sc.federation
+    images, labels = shard.batch(torch.arange(len(shard.labels)))
+    task = LocalTraining(
+        model.train(), images, labels, fed.protocol, fed.batch_size, fed.lr, fed.local_epochs,
+        round_generator(sc, partition, server_round),
+    )  # fmt: skip
+    return instantiate_defence("dp_sgd", sc.defences[0].params).train(task)
 
 
 def opacus_epsilon(noise_multiplier: float, sample_rate: float, steps: int) -> float:
@@ -109,27 +133,29 @@ def test_fedsgd_upload_is_the_per_sample_clipped_mean_plus_noise_of_the_stated_s
     clip = 0.05  # far below the per-sample gradient norms: every sample is clipped
     clean_sc = scenario("fedsgd", noise_multiplier=0.0, max_grad_norm=clip)
     model, arrays = start(clean_sc)
-    clean, metrics, (x, y) = local_update(clean_sc, 1, 4, arrays, {})
-    expected_batch = metrics["defence0.expected_batch_size"]
+    result = trained(clean_sc, 1, 4, arrays)
+    clean, metrics, (x, y) = result.update, result.measurements, result.batch
+    expected_batch = metrics["expected_batch_size"]
 
-    assert len(y) == metrics["batch-size"] > 0
-    assert metrics["num-examples"] == expected_batch == SHARD * SAMPLE_RATE
+    assert len(y) > 0
+    assert result.num_examples == expected_batch == SHARD * SAMPLE_RATE
     expected = per_sample_clipped_mean(model, x, y, clip, expected_batch)
     for name in expected:
         torch.testing.assert_close(clean[name], expected[name], rtol=1e-4, atol=1e-7)
     norm = math.sqrt(sum(float(v.pow(2).sum()) for v in clean.values()))
     assert norm <= clip * len(y) / expected_batch * (1 + 1e-5)
-    assert math.isinf(metrics["defence0.epsilon"])  # clipping without noise: no guarantee
+    assert math.isinf(metrics["epsilon"])  # clipping without noise: no guarantee
 
     # Same seed, same Poisson batch; now with noise std z·C on the sum, i.e. z·C/E[B] here.
-    noisy, noisy_metrics, (x2, _) = local_update(
-        scenario("fedsgd", noise_multiplier=3.0, max_grad_norm=clip), 1, 4, arrays, {}
+    noisy_result = trained(
+        scenario("fedsgd", noise_multiplier=3.0, max_grad_norm=clip), 1, 4, arrays
     )
-    assert torch.equal(x2, x)
+    noisy, noisy_metrics = noisy_result.update, noisy_result.measurements
+    assert torch.equal(noisy_result.batch[0], x)
     noise = torch.cat([(noisy[n] - clean[n]).flatten() for n in clean]).double()
     configured = 3.0 * clip / expected_batch
-    assert noisy_metrics["defence0.noise_std"] == pytest.approx(configured)
-    assert noisy_metrics["defence0.measured_noise_std"] == pytest.approx(
+    assert noisy_metrics["noise_std"] == pytest.approx(configured)
+    assert noisy_metrics["measured_noise_std"] == pytest.approx(
         noise.std(correction=0).item(), rel=1e-3
     )
     # ~2,000 parameters: relative standard error of the std ≈ 1.6 %; 8 % is 5 SE.
@@ -139,12 +165,12 @@ def test_fedsgd_upload_is_the_per_sample_clipped_mean_plus_noise_of_the_stated_s
 def test_fedavg_noise_measured_over_all_steps_matches_the_configured_std() -> None:
     sc = scenario("fedavg", noise_multiplier=0.7, max_grad_norm=0.5)
     _, arrays = start(sc)
-    _, metrics, _ = local_update(sc, 2, 1, arrays, {})
-    configured = 0.7 * 0.5 / metrics["defence0.expected_batch_size"]
-    assert metrics["defence0.noise_std"] == pytest.approx(configured)
+    metrics = trained(sc, 2, 1, arrays).measurements
+    configured = 0.7 * 0.5 / metrics["expected_batch_size"]
+    assert metrics["noise_std"] == pytest.approx(configured)
     # 20 steps × ~2,000 parameters ≈ 40,000 draws: standard error 0.35 %; 2 % is ~6 SE.
-    assert metrics["defence0.measured_noise_std"] == pytest.approx(configured, rel=0.02)
-    assert metrics["defence0.noise_to_update_norm"] > 1
+    assert metrics["measured_noise_std"] == pytest.approx(configured, rel=0.02)
+    assert metrics["noise_to_update_norm"] > 1
 
 
 BN_MODEL = {"name": "test_dp_sgd:BatchNormNet"}

@@ -6,7 +6,8 @@ participant (the aggregate) on round 1, then 40 rounds of training. Checked:
 leakage (the best attack's PSNR) and accuracy fall as the noise rises (direction
 only); central noise leaves the server's view untouched but blinds the
 participant; ε is the accountant's over every round (client-side state kept in
-Flower's Context.state); the noise measured is the noise configured.
+Flower's Context.state); the noise the server measured is the noise configured,
+and the clients kept what they measured of theirs.
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ def test_epsilon_spans_every_round(sweep: dict) -> None:
 
 
 def test_measured_noise_is_the_configured_noise(sweep: dict) -> None:
-    assert float(sweep[("client", 1.0)]["client_noise_std"]) == pytest.approx(CLIP, rel=0.02)
     assert float(sweep[("server", 1.0)]["server_noise_std"]) == pytest.approx(
         CLIP / CLIENTS, rel=0.02
     )
-    assert float(sweep[("client", 0.0)]["client_noise_std"]) == 0.0
+    # What a dp_gaussian client measured of its noise would reveal the noise: it stays
+    # on the client (the measurement itself: tests/test_dp_defences.py).
+    assert all(sweep[("client", z)]["client_noise_std"] == "" for z in LEVELS)

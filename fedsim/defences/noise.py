@@ -3,8 +3,10 @@
 Norms and clipping are Flower's own (``flwr.supercore.differential_privacy``,
 the functions behind its DP mods and strategies). The noise is *not* drawn
 with Flower's ``add_gaussian_noise_inplace``: that draws from NumPy's global
-random state, whereas fedsim draws from a caller's seeded ``torch.Generator``
-so that every sweep point is reproducible and each client draws its own stream.
+random state, whereas fedsim draws from a caller's ``torch.Generator``: each
+client its own stream, seeded from the scenario in simulation (every sweep
+point is reproducible) and from the client's OS entropy on the deployment
+engine (the server cannot replay it).
 """
 
 from __future__ import annotations

@@ -8,7 +8,11 @@ A train reply's ``RecordDict`` holds:
 - ``metrics`` (MetricRecord): ``num-examples``, ``partition-id``,
   ``local-steps``, ``batch-size``, ``train-loss`` and every defence's
   measurements as ``defence<i>.<key>`` (from the ``training``-stage defence,
-  if any, and the ``upload``-stage ones);
+  if any, and the ``upload``-stage ones). While a client defence with a
+  formal guarantee acts, ``batch-size`` (under Poisson sampling, the realised
+  size) and ``train-loss`` stay on the client, and so do the measurements
+  that would reveal the data or the noise drawn
+  (:meth:`~fedsim.federation.defences.ClientDefences.report`);
 - ``truth`` (ArrayRecord, simulation only): the client's real batch, sent only
   when the server's config says ``share-truth``; it is used to score
   reconstructions and never reaches an attack.
@@ -28,7 +32,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim.api import LocalTraining, TrainingResult, Update
 from fedsim.federation import protocol
-from fedsim.federation.defences import ClientDefences
+from fedsim.federation.defences import ClientDefences, ClientNoise
 from fedsim.federation.setup import derive_seed, federated_data, model_factory
 from fedsim.federation.threads import torch_threads
 from fedsim.metrics import pair_scores
@@ -110,11 +114,15 @@ def local_update(
     server_round: int,
     state: ArrayRecord,
     defence_state: MutableMapping[str, Any] | None = None,
+    noise: ClientNoise = "seeded",
 ) -> tuple[Update, dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
-    """One client's round: returns the defended upload, metrics, and the true batch.
+    """One client's round: returns the defended upload, the reply's metrics, and the
+    true batch.
 
     ``defence_state`` carries the client's defences' state (e.g. an accountant's
     history) from one round to the next; it is read and updated in place.
+    ``noise`` is where the defences draw their randomness from (a
+    ``training``-stage defence's sampling included).
     """
     data = federated_data(scenario)
     shard = data.shards[partition_id]
@@ -122,16 +130,17 @@ def local_update(
     model = model_factory(scenario, data)()
     model.load_state_dict(state.to_torch_state_dict())
     model.train()
-    generator = round_generator(scenario, partition_id, server_round)
     images, labels = shard.batch(torch.arange(len(shard.labels)))
+    defences = ClientDefences(scenario, defence_state if defence_state is not None else {}, noise)
+    trainer = defences.trainer
+    seeded = round_generator(scenario, partition_id, server_round)
+    generator = seeded if trainer is None else defences.generator(seeded)
     task = LocalTraining(
         model, images, labels, fed.protocol, fed.batch_size, fed.lr, fed.local_epochs, generator
     )
-    defences = ClientDefences(scenario, defence_state if defence_state is not None else {})
-    trainer = defences.trainer
     if trainer is not None:
         result = trainer.defence.train(task)
-        result.measurements = trainer.prefixed(result.measurements)
+        result.measurements = defences.report(trainer, result.measurements)
     else:
         objective = training_objective(fed, model, data.input_shape)
         result = (_fedsgd if fed.protocol == "fedsgd" else _fedavg)(task, objective)
@@ -140,10 +149,11 @@ def local_update(
         "num-examples": result.num_examples,
         "partition-id": partition_id,
         "local-steps": result.steps,
-        "batch-size": len(y) if fed.protocol == "fedsgd" else len(labels),
-        "train-loss": result.loss,
-        **result.measurements,
     }
+    if not defences.guarded:
+        metrics["batch-size"] = len(y) if fed.protocol == "fedsgd" else len(labels)
+        metrics["train-loss"] = result.loss
+    metrics.update(result.measurements)
     update, measured = defences.defend_upload(result.update, server_round, partition_id)
     metrics.update(measured)
     if defence_state is not None:
@@ -185,11 +195,13 @@ def make_client_app(simulated: bool) -> ClientApp:
         simulated: ``True`` in Flower's simulation engine as ``fedsim run``
             drives it: nodes are interchangeable stand-ins, each message names the
             partition to act as, and the client sends its true batch when asked
-            (``share-truth`` scoring). ``False`` on real machines: the node acts
-            only as its own ``--node-config partition-id``, and its batch never
-            leaves it (a ``share-truth`` request fails); reconstructions are scored
-            here through ``query.score``; it builds only the models the node allows
-            (:mod:`fedsim.models.allowed`).
+            (``share-truth`` scoring); defences draw ``seeded`` noise, so runs
+            are reproducible. ``False`` on real machines: the node acts only as
+            its own ``--node-config partition-id``, its batch never leaves it (a
+            ``share-truth`` request fails), reconstructions are scored here
+            through ``query.score``, defences draw their noise from the node's OS
+            entropy (``os-entropy``), which the server cannot know, and it builds
+            only the models the node allows (:mod:`fedsim.models.allowed`).
     """
     app = ClientApp()
 
@@ -212,6 +224,7 @@ def make_client_app(simulated: bool) -> ClientApp:
                 int(config[protocol.SERVER_ROUND]),  # type: ignore[arg-type]
                 msg.content["arrays"],
                 defence_state,
+                "seeded" if simulated else "os-entropy",
             )
         content = RecordDict(
             {

@@ -6,14 +6,21 @@ scenario's order. On the server: at most one ``aggregate``-stage defence
 replaces FedAvg's weighted mean. A client defence's state (e.g. an
 accountant's history) is restored from, and saved back to, a JSON-able
 mapping that the ClientApp keeps in Flower's ``Context.state``.
+
+Client defences draw their randomness (noise, Poisson sampling) from
+generators seeded by the scenario's seed in simulation (``seeded``: runs are
+reproducible, and the server could replay the noise), and from the client's
+OS entropy on the deployment engine (``os-entropy``: nothing the server
+knows, or receives, determines the noise).
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -23,6 +30,9 @@ from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario
 
 CLIENT_STAGES = ("training", "upload")
+
+ClientNoise = Literal["seeded", "os-entropy"]
+"""Where client defences draw their randomness from (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -50,33 +60,75 @@ def active_defences(scenario: Scenario, stages: Sequence[str]) -> list[ActiveDef
 
 
 class ClientDefences:
-    """One client's defences for one round, their state restored from ``state``."""
+    """One client's defences for one round, their state restored from ``state``.
 
-    def __init__(self, scenario: Scenario, state: Mapping[str, Any]) -> None:
+    ``noise`` chooses their randomness: ``seeded`` (simulation) or ``os-entropy``
+    (deployment). While a defence with a formal guarantee acts (:attr:`guarded`),
+    only what :meth:`report` lets through of the measurements leaves the client.
+    """
+
+    def __init__(
+        self, scenario: Scenario, state: Mapping[str, Any], noise: ClientNoise = "seeded"
+    ) -> None:
         self.scenario = scenario
+        self.noise = noise
         self.active = active_defences(scenario, CLIENT_STAGES)
         for item in self.active:
             if str(item.index) in state:
                 item.defence.load_state_dict(state[str(item.index)])
+        self._acting = sorted(self.active, key=lambda a: a.defence.stage != "training")
+        """The defences in the order they act: the trainer, then the uploads' in order."""
 
     @property
     def trainer(self) -> ActiveDefence | None:
         """The ``training``-stage defence, if the scenario has one."""
         return next((a for a in self.active if a.defence.stage == "training"), None)
 
+    @property
+    def guarded(self) -> bool:
+        """Whether a client defence with a formal guarantee acts: then no statistic of
+        the private data (training loss, realised batch size, norms) leaves the client."""
+        return any(a.defence.formal_guarantee for a in self.active)
+
+    def generator(self, seeded: torch.Generator) -> torch.Generator:
+        """The generator a defence draws from: ``seeded`` (a generator seeded from the
+        scenario's seed) when :attr:`noise` is ``seeded``; else a fresh generator seeded
+        with 64 bits of OS entropy (:mod:`secrets`), drawn anew for every call."""
+        if self.noise == "seeded":
+            return seeded
+        return torch.Generator().manual_seed(secrets.randbits(64))
+
+    def report(self, item: ActiveDefence, measured: Mapping[str, float]) -> dict[str, float]:
+        """The measurements of ``item`` that leave the client, prefixed.
+
+        Unguarded: all of them. Guarded: a formal defence's
+        :attr:`~fedsim.api.Defence.public_measurements` only; nothing from a
+        defence acting before the first formal one (it measured the raw update);
+        all from one acting after it (they describe a private release, and
+        post-processing keeps the guarantee).
+        """
+        formal = [i for i, a in enumerate(self._acting) if a.defence.formal_guarantee]
+        if not formal or self._acting.index(item) > formal[0]:
+            return item.prefixed(measured)
+        if item.defence.formal_guarantee:
+            public = item.defence.public_measurements
+            return item.prefixed({k: v for k, v in measured.items() if k in public})
+        return {}
+
     def defend_upload(
         self, update: Update, server_round: int, partition_id: int
     ) -> tuple[Update, dict[str, float]]:
-        """Apply the ``upload``-stage defences in order; returns the upload and measurements."""
+        """Apply the ``upload``-stage defences in order; returns the upload and the
+        measurements that may leave the client (:meth:`report`)."""
         measurements: dict[str, float] = {}
         for item in self.active:
             if item.defence.stage != "upload":
                 continue
-            noise = torch.Generator().manual_seed(
+            seeded = torch.Generator().manual_seed(
                 derive_seed(self.scenario.seed, "defence", item.index, server_round, partition_id)
             )
-            update, measured = item.defence.apply(update, noise)
-            measurements.update(item.prefixed(measured))
+            update, measured = item.defence.apply(update, self.generator(seeded))
+            measurements.update(self.report(item, measured))
         return update, measurements
 
     def save_state(self, state: MutableMapping[str, Any]) -> None:

@@ -3,10 +3,10 @@
 The strategy subclasses Flower's ``FedAvg`` and overrides two steps:
 ``configure_train`` (sample ``clients_per_round`` clients with a seeded RNG,
 route them to nodes, remember the parameters they start from) and
-``aggregate_train`` (record failed and timed-out clients, split ground truth
-off every reply, average the uploads — or let the scenario's
-``aggregate``-stage defence combine them — apply the result, and hand the
-round to the :class:`~fedsim.federation.observer.AttackTap`).
+``aggregate_train`` (record failed and timed-out clients and what the
+replies carried, split ground truth off every reply, average the uploads —
+or let the scenario's ``aggregate``-stage defence combine them — apply the
+result, and hand the round to the :class:`~fedsim.federation.observer.AttackTap`).
 
 :func:`run_federation` runs one trial on a Flower ``Grid``; the ServerApps of
 the simulation (``runner.py``) and of the deployment engine (``deployment.py``)
@@ -66,7 +66,10 @@ class AttackedFedAvg(FedAvg):
         tap: AttackTap,
         nodes: NodePlacement,
         failures: Callable[[list[ClientFailure]], None],
+        sent: Callable[[set[str]], None],
     ) -> None:
+        """``failures`` receives each round's failed clients; ``sent`` the names of what
+        the round's train replies carried (:func:`reply_contents`)."""
         fed = scenario.federation
         super().__init__(
             fraction_train=1.0,
@@ -75,6 +78,7 @@ class AttackedFedAvg(FedAvg):
             min_available_nodes=fed.clients_per_round,
         )
         self.scenario, self.tap, self.nodes, self.failures = scenario, tap, nodes, failures
+        self.sent = sent
         self.scenario_json = scenario.model_dump_json()
         self.aggregation = ServerAggregation(scenario)
         self._start: Update = {}
@@ -118,7 +122,9 @@ class AttackedFedAvg(FedAvg):
         failures = self._failures(server_round, replies)
         if failures:
             self.failures(failures)
-        uploads = [_upload(m) for m in replies if not m.has_error()]
+        answered = [m for m in replies if not m.has_error()]
+        self.sent(set().union(*(reply_contents(m) for m in answered)))
+        uploads = [_upload(m) for m in answered]
         if self.nodes.stand_ins:
             for m in replies:
                 if not m.has_error() and protocol.CLIENT_STATE in m.content.config_records:
@@ -136,12 +142,13 @@ class AttackedFedAvg(FedAvg):
             k: v + step * aggregate[k] if k in aggregate else v for k, v in self._start.items()
         }
         self.tap.on_round(server_round, self._start, uploads, aggregate, aggregate_measurements)
-        loss = sum(u.metrics["train-loss"] * u.num_examples for u in uploads) / sum(
-            u.num_examples for u in uploads
-        )
-        return ArrayRecord.from_torch_state_dict(new_state), MetricRecord(
-            {"train-loss": loss, "clients": len(uploads)}
-        )
+        summary: dict[str, float] = {"clients": len(uploads)}
+        reported = [u for u in uploads if "train-loss" in u.metrics]
+        if reported:  # none under a client-side formal guarantee
+            summary["train-loss"] = sum(
+                u.metrics["train-loss"] * u.num_examples for u in reported
+            ) / sum(u.num_examples for u in reported)
+        return ArrayRecord.from_torch_state_dict(new_state), MetricRecord(summary)
 
     def _state_for(self, partition: int) -> dict[str, str]:
         """The ``client-state`` entry of ``partition``'s train config (stand-in nodes only)."""
@@ -171,7 +178,19 @@ class AttackedFedAvg(FedAvg):
         return sorted(failures, key=lambda f: f.client)
 
 
+def reply_contents(message: Message) -> set[str]:
+    """The names of what a reply carried: its records' names and its metrics' keys."""
+    content = message.content
+    names = set(content)
+    for record in content.metric_records.values():
+        names.update(record)
+    return names
+
+
 def _upload(message: Message) -> ClientUpload:
+    """The server's view of a train reply. Without ``batch-size`` (a client under a
+    formal guarantee keeps its realised batch size), the batch size taken is
+    ``num-examples``: the expected size of a Poisson-sampled batch."""
     content = message.content
     metrics = {k: float(v) for k, v in content["metrics"].items()}  # type: ignore[arg-type]
     truth = None
@@ -182,7 +201,7 @@ def _upload(message: Message) -> ClientUpload:
         client=int(metrics["partition-id"]),
         update=dict(content["update"].to_torch_state_dict()),
         num_examples=int(metrics["num-examples"]),
-        batch_size=int(metrics["batch-size"]),
+        batch_size=int(metrics.get("batch-size", metrics["num-examples"])),
         local_steps=int(metrics["local-steps"]),
         metrics=metrics,
         truth=truth,
@@ -246,7 +265,13 @@ def run_federation(
             factory, scenario.model, data.test, derive_seed(scenario.seed, "pretrain")
         )
         store.set_trial_info(trial.index, "model_start", start_info)
-        AttackedFedAvg(scenario, tap, nodes, on_failures).start(
+        AttackedFedAvg(
+            scenario,
+            tap,
+            nodes,
+            on_failures,
+            lambda names: store.add_client_sent(trial.index, names),
+        ).start(
             grid=grid,
             initial_arrays=ArrayRecord.from_torch_state_dict(model.state_dict()),
             num_rounds=fed.rounds,

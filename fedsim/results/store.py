@@ -3,12 +3,14 @@
 ``results.json`` always parses, whatever moment a run is interrupted at; it
 holds the run's status (``running`` until the run ends: a run killed with
 SIGKILL stays ``running``, with everything up to its last finished round or
-record; ``pid`` is the process that wrote it), the engine and ground-truth
-scoring mode, one entry per trial (sweep point) with the model's test
-accuracy and the defences' measurements per round and the clients that
-failed, and one :class:`Record` per attack on one upload. ``metrics.csv`` is
-the records flattened, one row per record. A run stopped half-way is reopened
-with :meth:`ResultsStore.resume`, which keeps the trials that completed.
+record; ``pid`` is the process that wrote it), the engine, the ground-truth
+scoring mode and where the clients' noise came from (``client_noise``), one
+entry per trial (sweep point) with the model's test accuracy, the defences'
+measurements per round, the clients that failed and the names of what the
+clients' replies carried (``client_sent``), and one :class:`Record` per
+attack on one upload. ``metrics.csv`` is the records flattened, one row per
+record. A run stopped half-way is reopened with :meth:`ResultsStore.resume`,
+which keeps the trials that completed.
 """
 
 from __future__ import annotations
@@ -85,6 +87,12 @@ class Record:
 
 WORST_CASE_KEYS = ("epsilon", "delta")
 """Measurement names summarised over a round's clients by their maximum, not their mean."""
+
+
+CLIENT_NOISE = {"simulation": "seeded", "deployment": "os-entropy"}
+"""Where each engine's clients draw their defences' noise from: ``seeded`` from the
+scenario's seed (reproducible, and known to the server), ``os-entropy`` from each
+client's operating system (unknown to the server)."""
 
 
 def client_summary(clients: dict[int, dict[str, float]]) -> dict[str, float]:
@@ -168,6 +176,7 @@ class ResultsStore:
             "engine": engine,
             "ground_truth": ground_truth,
             "ground_truth_note": note,
+            "client_noise": CLIENT_NOISE[engine],
             "trials": [],
             "records": [],
         }
@@ -217,6 +226,7 @@ class ResultsStore:
                     "accuracy": {},
                     "defences": {},
                     "client_failures": [],
+                    "client_sent": [],
                     "started": _now(),
                 }
             )
@@ -260,6 +270,17 @@ class ResultsStore:
             if self.open:
                 self._trial(index)["client_failures"].extend(failures)
                 self._save()
+
+    def add_client_sent(self, index: int, names: set[str]) -> None:
+        """Add ``names`` (records and metric keys of clients' train replies) to trial
+        ``index``'s ``client_sent``, kept sorted."""
+        with self._lock:
+            if self.open:
+                trial = self._trial(index)
+                merged = sorted(set(trial["client_sent"]) | names)
+                if merged != trial["client_sent"]:
+                    trial["client_sent"] = merged
+                    self._save()
 
     def set_trial_info(self, index: int, key: str, value: Any) -> None:
         """Record ``value`` under ``key`` in trial ``index`` (e.g. an optional metric's status)."""
