@@ -18,7 +18,9 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim.cli import main
+from fedsim.defences.noise import ENGINE_NOISE
 from fedsim.federation.client_app import local_update
+from fedsim.federation.defences import ServerAggregation
 from fedsim.federation.setup import federated_data, model_factory
 from fedsim.scenario import Scenario, expand
 
@@ -62,6 +64,24 @@ def test_os_entropy_noise_differs_every_time_and_seeded_noise_never(defence: str
     first, second = upload(sc, "os-entropy"), upload(sc, "os-entropy")
     assert not torch.equal(first, second)
     assert not torch.equal(first, seeded) and not torch.equal(second, seeded)
+
+
+def test_the_servers_noise_is_os_entropy_on_the_deployment_engine() -> None:
+    """Clients receive the scenario, seed included: on the deployment engine the
+    server's noise (central DP) must not be replayable from it either."""
+    sc = scenario(
+        "fedsgd",
+        {"name": "dp_gaussian", "placement": "server", "clip_norm": 1.0, "noise_multiplier": 1.0},
+    )
+    updates = [{"w": torch.full((50,), float(i))} for i in range(3)]
+
+    def aggregate(noise: str) -> torch.Tensor:
+        mean, _ = ServerAggregation(sc, noise)(1, updates, [1.0, 1.0, 1.0])  # type: ignore[arg-type]
+        return mean["w"]
+
+    assert torch.equal(aggregate("seeded"), aggregate("seeded"))
+    assert not torch.equal(aggregate("os-entropy"), aggregate("os-entropy"))
+    assert ENGINE_NOISE == {"simulation": "seeded", "deployment": "os-entropy"}
 
 
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])

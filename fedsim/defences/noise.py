@@ -12,13 +12,30 @@ engine (the server cannot replay it).
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
 
 Update = dict[str, torch.Tensor]
+
+NoiseSource = Literal["seeded", "os-entropy"]
+"""Where defences draw their randomness from (see :mod:`fedsim.federation.defences`)."""
+
+ENGINE_NOISE: dict[str, NoiseSource] = {"simulation": "seeded", "deployment": "os-entropy"}
+"""The noise source of each engine (``results.json`` records it as ``client_noise``)."""
+
+
+def noise_generator(source: NoiseSource, seeded: torch.Generator) -> torch.Generator:
+    """The generator a defence draws from: ``seeded`` itself (a generator seeded from
+    the scenario's seed) for ``seeded``; for ``os-entropy`` a fresh generator seeded
+    with 64 bits of OS entropy (:mod:`secrets`), drawn anew for every call."""
+    if source == "seeded":
+        return seeded
+    return torch.Generator().manual_seed(secrets.randbits(64))
 
 
 def global_norm(update: Mapping[str, torch.Tensor]) -> float:

@@ -31,8 +31,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedsim.api import LocalTraining, TrainingResult, Update
+from fedsim.defences.noise import ENGINE_NOISE, NoiseSource, noise_generator
 from fedsim.federation import protocol
-from fedsim.federation.defences import ClientDefences, ClientNoise
+from fedsim.federation.defences import ClientDefences
 from fedsim.federation.setup import derive_seed, federated_data, model_factory
 from fedsim.federation.threads import torch_threads
 from fedsim.metrics import pair_scores
@@ -114,7 +115,7 @@ def local_update(
     server_round: int,
     state: ArrayRecord,
     defence_state: MutableMapping[str, Any] | None = None,
-    noise: ClientNoise = "seeded",
+    noise: NoiseSource = "seeded",
 ) -> tuple[Update, dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
     """One client's round: returns the defended upload, the reply's metrics, and the
     true batch.
@@ -134,7 +135,7 @@ def local_update(
     defences = ClientDefences(scenario, defence_state if defence_state is not None else {}, noise)
     trainer = defences.trainer
     seeded = round_generator(scenario, partition_id, server_round)
-    generator = seeded if trainer is None else defences.generator(seeded)
+    generator = seeded if trainer is None else noise_generator(noise, seeded)
     task = LocalTraining(
         model, images, labels, fed.protocol, fed.batch_size, fed.lr, fed.local_epochs, generator
     )
@@ -224,7 +225,7 @@ def make_client_app(simulated: bool) -> ClientApp:
                 int(config[protocol.SERVER_ROUND]),  # type: ignore[arg-type]
                 msg.content["arrays"],
                 defence_state,
-                "seeded" if simulated else "os-entropy",
+                ENGINE_NOISE["simulation" if simulated else "deployment"],
             )
         content = RecordDict(
             {

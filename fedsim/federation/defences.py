@@ -7,32 +7,31 @@ replaces FedAvg's weighted mean. A client defence's state (e.g. an
 accountant's history) is restored from, and saved back to, a JSON-able
 mapping that the ClientApp keeps in Flower's ``Context.state``.
 
-Client defences draw their randomness (noise, Poisson sampling) from
-generators seeded by the scenario's seed in simulation (``seeded``: runs are
-reproducible, and the server could replay the noise), and from the client's
-OS entropy on the deployment engine (``os-entropy``: nothing the server
-knows, or receives, determines the noise).
+Defences draw their randomness (noise, Poisson sampling) from generators
+seeded by the scenario's seed in simulation (``seeded``: runs are
+reproducible, and anyone who knows the scenario could replay the noise), and
+from the OS entropy of the process that adds it on the deployment engine
+(``os-entropy``): nothing the server knows, or receives, determines a client's
+noise, and nothing a client receives (the scenario travels with every message)
+determines the server's.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from fedsim.api import Defence, Update, weighted_mean
+from fedsim.defences.noise import NoiseSource, noise_generator
 from fedsim.federation.setup import derive_seed
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario
 
 CLIENT_STAGES = ("training", "upload")
-
-ClientNoise = Literal["seeded", "os-entropy"]
-"""Where client defences draw their randomness from (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class ClientDefences:
     """
 
     def __init__(
-        self, scenario: Scenario, state: Mapping[str, Any], noise: ClientNoise = "seeded"
+        self, scenario: Scenario, state: Mapping[str, Any], noise: NoiseSource = "seeded"
     ) -> None:
         self.scenario = scenario
         self.noise = noise
@@ -89,14 +88,6 @@ class ClientDefences:
         """Whether a client defence with a formal guarantee acts: then no statistic of
         the private data (training loss, realised batch size, norms) leaves the client."""
         return any(a.defence.formal_guarantee for a in self.active)
-
-    def generator(self, seeded: torch.Generator) -> torch.Generator:
-        """The generator a defence draws from: ``seeded`` (a generator seeded from the
-        scenario's seed) when :attr:`noise` is ``seeded``; else a fresh generator seeded
-        with 64 bits of OS entropy (:mod:`secrets`), drawn anew for every call."""
-        if self.noise == "seeded":
-            return seeded
-        return torch.Generator().manual_seed(secrets.randbits(64))
 
     def report(self, item: ActiveDefence, measured: Mapping[str, float]) -> dict[str, float]:
         """The measurements of ``item`` that leave the client, prefixed.
@@ -127,7 +118,7 @@ class ClientDefences:
             seeded = torch.Generator().manual_seed(
                 derive_seed(self.scenario.seed, "defence", item.index, server_round, partition_id)
             )
-            update, measured = item.defence.apply(update, self.generator(seeded))
+            update, measured = item.defence.apply(update, noise_generator(self.noise, seeded))
             measurements.update(self.report(item, measured))
         return update, measurements
 
@@ -141,10 +132,12 @@ class ClientDefences:
 
 class ServerAggregation:
     """FedAvg's weighted mean, or the scenario's ``aggregate``-stage defence (one
-    instance for the whole federation, so its accountant spans every round)."""
+    instance for the whole federation, so its accountant spans every round), its
+    noise from ``noise``: on the deployment engine, OS entropy, since every client
+    receives the scenario and its seed."""
 
-    def __init__(self, scenario: Scenario) -> None:
-        self.scenario = scenario
+    def __init__(self, scenario: Scenario, noise: NoiseSource) -> None:
+        self.scenario, self.noise = scenario, noise
         central = active_defences(scenario, ("aggregate",))
         self.central = central[0] if central else None
 
@@ -154,8 +147,10 @@ class ServerAggregation:
         """The round's aggregate and the aggregate defence's measurements (prefixed)."""
         if self.central is None:
             return weighted_mean(updates, weights), {}
-        noise = torch.Generator().manual_seed(
+        seeded = torch.Generator().manual_seed(
             derive_seed(self.scenario.seed, "defence", self.central.index, server_round, "server")
         )
-        aggregate, measured = self.central.defence.aggregate(updates, weights, noise)
+        aggregate, measured = self.central.defence.aggregate(
+            updates, weights, noise_generator(self.noise, seeded)
+        )
         return aggregate, self.central.prefixed(measured)

@@ -28,6 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.api import Update
+from fedsim.defences.noise import NoiseSource
 from fedsim.federation import protocol
 from fedsim.federation.defences import ServerAggregation
 from fedsim.federation.nodes import NodePlacement, error_summary
@@ -67,9 +68,11 @@ class AttackedFedAvg(FedAvg):
         nodes: NodePlacement,
         failures: Callable[[list[ClientFailure]], None],
         sent: Callable[[set[str]], None],
+        noise: NoiseSource,
     ) -> None:
         """``failures`` receives each round's failed clients; ``sent`` the names of what
-        the round's train replies carried (:func:`reply_contents`)."""
+        the round's train replies carried (:func:`reply_contents`); ``noise`` is where the
+        aggregate defence draws its noise from."""
         fed = scenario.federation
         super().__init__(
             fraction_train=1.0,
@@ -80,7 +83,7 @@ class AttackedFedAvg(FedAvg):
         self.scenario, self.tap, self.nodes, self.failures = scenario, tap, nodes, failures
         self.sent = sent
         self.scenario_json = scenario.model_dump_json()
-        self.aggregation = ServerAggregation(scenario)
+        self.aggregation = ServerAggregation(scenario, noise)
         self._start: Update = {}
         self._sent: dict[int, int] = {}
         self._client_state: dict[int, str] = {}
@@ -271,6 +274,7 @@ def run_federation(
             nodes,
             on_failures,
             lambda names: store.add_client_sent(trial.index, names),
+            store.data["client_noise"],
         ).start(
             grid=grid,
             initial_arrays=ArrayRecord.from_torch_state_dict(model.state_dict()),

@@ -4,7 +4,8 @@
 holds the run's status (``running`` until the run ends: a run killed with
 SIGKILL stays ``running``, with everything up to its last finished round or
 record; ``pid`` is the process that wrote it), the engine, the ground-truth
-scoring mode and where the clients' noise came from (``client_noise``), one
+scoring mode, where the defences drew their noise from (``client_noise``:
+``seeded`` or ``os-entropy``, for the clients' and the server's defences alike), one
 entry per trial (sweep point) with the model's test accuracy, the defences'
 measurements per round, the clients that failed and the names of what the
 clients' replies carried (``client_sent``), and one :class:`Record` per
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import fedsim
+from fedsim.defences.noise import ENGINE_NOISE
 from fedsim.results.environment import describe_environment
 
 CSV_COLUMNS = (
@@ -87,12 +89,6 @@ class Record:
 
 WORST_CASE_KEYS = ("epsilon", "delta")
 """Measurement names summarised over a round's clients by their maximum, not their mean."""
-
-
-CLIENT_NOISE = {"simulation": "seeded", "deployment": "os-entropy"}
-"""Where each engine's clients draw their defences' noise from: ``seeded`` from the
-scenario's seed (reproducible, and known to the server), ``os-entropy`` from each
-client's operating system (unknown to the server)."""
 
 
 def client_summary(clients: dict[int, dict[str, float]]) -> dict[str, float]:
@@ -176,7 +172,7 @@ class ResultsStore:
             "engine": engine,
             "ground_truth": ground_truth,
             "ground_truth_note": note,
-            "client_noise": CLIENT_NOISE[engine],
+            "client_noise": ENGINE_NOISE[engine],
             "trials": [],
             "records": [],
         }
