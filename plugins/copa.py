@@ -1,4 +1,6 @@
-"""COPA — Combined Optimisation Attack (Chen & Campbell 2021, Algorithm 1).
+"""COPA — Combined Optimisation Attack (Algorithm 1 of C. Chen and N. D. F. Campbell,
+"Understanding Training-Data Leakage from Gradients in Neural Networks for Image
+Classification", 2021, arXiv:2111.10178).
 
 Top-down like R-GAP (closed-form head, back-propagated ``dJ/dZ``), but at a
 conv layer ``i`` above the first it minimises, over the pre-activation ``X``

@@ -1,4 +1,6 @@
-"""WDLG — Wasserstein Deep Leakage from Gradients (Wang et al. 2023).
+"""WDLG — Wasserstein Deep Leakage from Gradients (Z. Wang, C. Peng, X. He and W. Tan,
+"Wasserstein Distance-Based Deep Leakage from Gradients", Entropy 25(5):810, 2023,
+doi:10.3390/e25050810).
 
 DLG's loop with the labels recovered first (iDLG rule / batch counts) and the
 squared L2 distance replaced by a Wasserstein-1 distance between the dummy and
@@ -18,27 +20,26 @@ Lipschitz constraint is selectable (``constraint``):
   is kept ≤ 1 by projecting ``w`` onto the unit ball after each normalised ascent
   step. Between two point masses the optimal 1-Lipschitz critic is linear, so this
   is the exact constraint, and the optimum is ``‖∇W' − ∇W‖₂``.
-- ``clip`` (original WGAN, Arjovsky et al. 2017): every critic weight clipped to
-  ``[−clip_value, clip_value]`` after each step. For a linear critic the box
-  ``|w_i| ≤ c`` makes the optimum ``w = c·sign(∇W' − ∇W)`` and the critic an L1
-  distance ``c‖∇W' − ∇W‖₁``; with an MLP of width ``h`` on ``n`` inputs the
-  Lipschitz constant is bounded by ``c²·h·√n`` (product of the layers' spectral
-  norms, each at most its Frobenius norm).
-- ``penalty`` (WGAN-GP, Gulrajani et al. 2017): the critic maximises
-  ``f(∇W') − f(∇W) − λ·E[(‖∇f(v̂)‖₂ − 1)²]`` with ``v̂`` drawn uniformly on the
-  segment between the two gradients. For a linear critic ``∇f = w`` everywhere,
-  so the penalty is ``λ(‖w‖ − 1)²`` on the weight norm: the maximiser is
+- ``clip`` (original WGAN, Arjovsky et al., ICML 2017, arXiv:1701.07875): every
+  critic weight clipped to ``[−clip_value, clip_value]`` after each step. For a
+  linear critic the box ``|w_i| ≤ c`` makes the optimum ``w = c·sign(∇W' − ∇W)`` and
+  the critic an L1 distance ``c‖∇W' − ∇W‖₁``; with an MLP of width ``h`` on ``n``
+  inputs the Lipschitz constant is bounded by ``c²·h·√n`` (product of the layers'
+  spectral norms, each at most its Frobenius norm).
+- ``penalty`` (WGAN-GP, Gulrajani et al., NeurIPS 2017, arXiv:1704.00028): the
+  critic maximises ``f(∇W') − f(∇W) − λ·E[(‖∇f(v̂)‖₂ − 1)²]`` with ``v̂`` drawn
+  uniformly on the segment between the two gradients. For a linear critic ``∇f = w``
+  everywhere, so the penalty is ``λ(‖w‖ − 1)²`` on the weight norm: the maximiser is
   ``w = (1 + Δ/2λ)·u`` with ``Δ = ‖∇W' − ∇W‖₂`` and ``u`` the unit difference. The
   penalty is a soft, two-sided version of the projection (onto the unit sphere
   rather than the ball) that tends to it as ``λ → ∞``. At the maximiser the
-  objective, ``wᵀ(∇W' − ∇W) − λ(‖w‖ − 1)²``, is ``Δ + Δ²/4λ``: W1 plus DLG's
-  squared L2 distance with weight ``1/4λ``. Its gradient in ``∇W'`` is ``w`` (the
-  penalty does not depend on ``∇W'``), ``(1 + Δ/2λ)·u``, the derivative of
-  ``Δ + Δ²/4λ`` — the unpenalised part alone, ``wᵀ(∇W' − ∇W) = Δ + Δ²/2λ``, is
-  not the function the images descend. A smooth MLP critic near-linear on the
-  segment behaves alike (its gradient norm settles near ``1 + Δ/2λ``, not 1); its
-  penalty depends on ``∇W'`` through the interpolates, and the images get that
-  part of the gradient too.
+  objective, ``wᵀ(∇W' − ∇W) − λ(‖w‖ − 1)²``, is ``Δ + Δ²/4λ``: W1 plus DLG's squared
+  L2 distance with weight ``1/4λ``. Its gradient in ``∇W'`` is ``w`` (the penalty
+  does not depend on ``∇W'``), ``(1 + Δ/2λ)·u``, the derivative of ``Δ + Δ²/4λ`` —
+  the unpenalised part alone, ``wᵀ(∇W' − ∇W) = Δ + Δ²/2λ``, is not the function the
+  images descend. A smooth MLP critic near-linear on the segment behaves alike (its
+  gradient norm settles near ``1 + Δ/2λ``, not 1); its penalty depends on ``∇W'``
+  through the interpolates, and the images get that part of the gradient too.
 
 ``critic`` picks the critic: ``linear`` (``wᵀv``, no bias: it would cancel) or
 ``mlp`` (one hidden layer of ``critic_width`` Softplus units; Softplus keeps the
