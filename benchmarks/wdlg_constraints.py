@@ -64,8 +64,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "squared L2 (λ → 0)": {"distance": "l2"},
 }
 """WDLG parameters per variant; ``distance`` replaces the critic by a named distance
-(the squared L2 of DLG/iDLG: a penalised linear critic's objective ``Δ + Δ²/2λ`` is
-dominated by ``Δ²/2λ`` as λ → 0)."""
+(the squared L2 of DLG/iDLG: a penalised linear critic's objective ``Δ + Δ²/4λ`` is
+dominated by ``Δ²/4λ`` as λ → 0)."""
 
 
 @dataclass

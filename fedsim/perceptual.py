@@ -1,6 +1,7 @@
 """Relative-perceptual-L1: a reconstruction metric on normalised deep features.
 
-From Tuluptceva et al., *Perceptual image anomaly detection* (§3.1 and the
+From N. Tuluptceva, B. Bakker, I. Fedulova and A. Konushin, "Perceptual Image
+Anomaly Detection", ACPR 2019 (LNCS 12046), arXiv:1909.05904 (§3.1 and the
 supplement): with ``f`` a deep feature map of a network pre-trained on image
 classification and ``μ_k``, ``σ_k`` the mean and standard deviation of filter
 ``k``'s responses over a dataset,
@@ -24,8 +25,9 @@ linear layers with ReLU or max-pooling between them):
 - it is not symmetric: ``rel(x, y)·‖φ(x)‖₁ = rel(y, x)·‖φ(y)‖₁``.
 
 VGG-19 has biases and fedsim feeds it ImageNet-normalised pixels, so none of these
-hold exactly there; the paper shows (its Fig. 3) that the relative form is far
-less sensitive to contrast than the plain perceptual loss.
+hold exactly there; the paper shows (its Fig. 1) that the relative form is far
+less sensitive to contrast than the plain perceptual loss (its Fig. 3 shows why:
+the features' L1 norm shrinks as the contrast drops).
 
 fedsim's instance (optional, ``[metrics.perceptual]`` in a scenario): torchvision's
 VGG-19 (``IMAGENET1K_V1``) up to ``relu4_2``, the activation of the 2nd

@@ -1,23 +1,27 @@
-"""COPA — Combined Optimisation Attack (Chen & Campbell 2021, Algorithm 1).
+"""COPA — Combined Optimisation Attack (Algorithm 1 of C. Chen and N. D. F. Campbell,
+"Understanding Training-Data Leakage from Gradients in Neural Networks for Image
+Classification", 2021, arXiv:2111.10178).
 
 Top-down like R-GAP (closed-form head, back-propagated ``dJ/dZ``), but at a
 conv layer ``i`` above the first it minimises, over the pre-activation ``X``
 of the layer below (the reparameterisation of eq. 5, so the answer is always
 invertible by that activation)::
 
-    f(X) = ‖U A(X) − V‖² + ‖P⊥ X‖² / ‖X₀‖²
+    f(X) = ‖U A(X) − V‖² + ‖P⊥ (X − b_below)‖² / ‖X₀‖²
 
 with ``U = [W; G]`` and ``V = [Z; dJ/dW]`` (each block scaled to unit norm)
-and the pull-back constraint of Appendix B: ``X = W_below X_below`` must lie
-in the range of the layer below's weight, ``P⊥`` projecting onto its
-orthogonal complement. As in Appendix B the term is used when ``W_below`` has
-full column rank and more rows than columns (then the range is a proper
-subspace); Algorithm 1's printed branch condition reads the other way round,
-but the appendix's derivation needs exactly this case. At the first layer
-``f`` is the quadratic of eq. 6, solved by least squares. ``L-BFGS`` starts
-from the least-squares solution mapped through the inverse activation
-(``init = "least_squares"``) or from zero. Optional post-processing: total
-variation denoising (scikit-image's Chambolle, the paper's weight 0.15).
+and the pull-back constraint of Appendix B: ``X − b_below = W_below X_below``
+lies in the range of the layer below's weight, ``P⊥`` projecting onto its
+orthogonal complement (the appendix absorbs the bias by augmentation;
+subtracting it first is the same constraint). As in Appendix B the term is
+used when ``W_below`` has full column rank and more rows than columns (then
+the range is a proper subspace); Algorithm 1's printed branch condition reads
+the other way round, but the appendix's derivation needs exactly this case.
+At the first layer ``f`` is the quadratic of eq. 6, solved by least squares.
+``L-BFGS`` starts from the least-squares solution mapped through the inverse
+activation (``init = "least_squares"``) or from zero. Optional
+post-processing: total variation denoising (scikit-image's Chambolle, the
+paper's weight 0.15).
 """
 
 from __future__ import annotations
@@ -63,21 +67,28 @@ class COPAParams(AttackParams):
 
 
 class PullBack:
-    """``X ↦ P⊥ X``: the component of ``X`` outside the range of the layer below's
-    weight ``W`` (``|Z| × n``, full column rank), ``X − W (WᵀW)⁻¹ Wᵀ X``."""
+    """``X ↦ P⊥ (X − b)``: the part of the layer below's pre-activation output ``X``
+    (flat, ``|Z|``) that its weight ``W`` (``|Z| × n``, full column rank) cannot
+    produce. ``X = W X_below + b``, so ``X − b`` (not ``X``) lies in the range of
+    ``W``, with ``P⊥ v = v − W (WᵀW)⁻¹ Wᵀ v`` (Appendix B absorbs ``b`` by augmenting
+    ``W`` with it and ``X_below`` with a fixed 1: the same affine constraint).
+    ``P⊥`` is a symmetric projector, so the gradient of ``‖P⊥ (X − b)‖²`` is
+    ``2 P⊥ (X − b)``."""
 
     def __init__(self, layer: Layer) -> None:
         geometry: ConvGeometry = layer.geometry()
         self.op = ConvOperator(geometry, layer.module.weight.detach())
+        self.bias = layer.flat_bias().numpy()
         self.perm = spatial_major(*geometry.input_shape)
         w = self.op.weight_matrix()[:, self.perm].tocsc()
         self.chol = BandedCholesky((w.T @ w).tocsr())  # raises LinAlgError if rank deficient
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        back = self.op.weight_adjoint(torch.from_numpy(x)[None]).numpy()[0]
+        v = x - self.bias
+        back = self.op.weight_adjoint(torch.from_numpy(v)[None]).numpy()[0]
         solved = np.empty_like(back)
         solved[self.perm] = self.chol.solve(back[self.perm])
-        return x - self.op.weight_apply(torch.from_numpy(solved)[None]).numpy()[0]
+        return v - self.op.weight_apply(torch.from_numpy(solved)[None]).numpy()[0]
 
 
 def pull_back_for(below: Layer) -> tuple[PullBack | None, str]:

@@ -1,10 +1,14 @@
 """Gaussian noise on the upload (on the client) or on the aggregate (on the server).
 
-Without clipping this gives no formal differential-privacy guarantee; it is the
-noise defence of the DLG and COPA papers' experiments. ``placement`` chooses
-where it acts: ``client`` adds the noise to each upload before it leaves the
-client; ``server`` adds it to the aggregate (FedAvg's weighted mean), which a
-participant sees but an attacker at the server does not (it sees raw uploads).
+Without clipping this gives no formal differential-privacy guarantee. It is the
+noise defence the DLG paper (L. Zhu, Z. Liu and S. Han, "Deep Leakage from
+Gradients", NeurIPS 2019, arXiv:1906.08935) and the WDLG paper (Z. Wang, C. Peng,
+X. He and W. Tan, "Wasserstein Distance-Based Deep Leakage from Gradients",
+Entropy 25(5):810, 2023, doi:10.3390/e25050810, §4.5) test their attacks
+against. ``placement`` chooses where it acts: ``client`` adds the noise to each
+upload before it leaves the client; ``server`` adds it to the aggregate (FedAvg's
+weighted mean), which a participant sees but an attacker at the server does not
+(it sees raw uploads).
 """
 
 from __future__ import annotations

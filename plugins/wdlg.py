@@ -1,4 +1,6 @@
-"""WDLG — Wasserstein Deep Leakage from Gradients (Wang et al. 2023).
+"""WDLG — Wasserstein Deep Leakage from Gradients (Z. Wang, C. Peng, X. He and W. Tan,
+"Wasserstein Distance-Based Deep Leakage from Gradients", Entropy 25(5):810, 2023,
+doi:10.3390/e25050810).
 
 DLG's loop with the labels recovered first (iDLG rule / batch counts) and the
 squared L2 distance replaced by a Wasserstein-1 distance between the dummy and
@@ -7,31 +9,37 @@ the true gradient. Two variants:
 ``critic`` (the paper's algorithm, default): the dummy and true gradients are
 point masses in gradient space, and W1 is estimated through the
 Kantorovich–Rubinstein dual ``sup_{||f||_L ≤ 1} f(∇W') − f(∇W)`` by a critic
-``f`` trained alongside the images: before every objective evaluation the critic
-takes ``critic_steps`` ascent steps on ``f(∇W') − f(∇W)`` (warm-started from the
-previous evaluation), and the objective is its value. The critic's Lipschitz
-constraint is selectable (``constraint``):
+``f`` trained alongside the images, both on one function, the critic's
+objective ``f(∇W') − f(∇W)`` (minus the gradient penalty under ``penalty``):
+before every evaluation the critic takes ``critic_steps`` ascent steps on it
+(warm-started from the previous evaluation), then the images descend it, and
+its value is what the loss curve and ``loss_threshold`` see. The critic's
+Lipschitz constraint is selectable (``constraint``):
 
 - ``projection``: a linear critic ``f(v) = wᵀv`` whose Lipschitz constant ``||w||₂``
   is kept ≤ 1 by projecting ``w`` onto the unit ball after each normalised ascent
   step. Between two point masses the optimal 1-Lipschitz critic is linear, so this
   is the exact constraint, and the optimum is ``‖∇W' − ∇W‖₂``.
-- ``clip`` (original WGAN, Arjovsky et al. 2017): every critic weight clipped to
-  ``[−clip_value, clip_value]`` after each step. For a linear critic the box
-  ``|w_i| ≤ c`` makes the optimum ``w = c·sign(∇W' − ∇W)`` and the critic an L1
-  distance ``c‖∇W' − ∇W‖₁``; with an MLP of width ``h`` on ``n`` inputs the
-  Lipschitz constant is bounded by ``c²·h·√n`` (product of the layers' spectral
-  norms, each at most its Frobenius norm).
-- ``penalty`` (WGAN-GP, Gulrajani et al. 2017): the critic maximises
-  ``f(∇W') − f(∇W) − λ·E[(‖∇f(v̂)‖₂ − 1)²]`` with ``v̂`` drawn uniformly on the
-  segment between the two gradients. For a linear critic ``∇f = w`` everywhere,
-  so the penalty is ``λ(‖w‖ − 1)²`` on the weight norm: the maximiser is
+- ``clip`` (original WGAN, Arjovsky et al., ICML 2017, arXiv:1701.07875): every
+  critic weight clipped to ``[−clip_value, clip_value]`` after each step. For a
+  linear critic the box ``|w_i| ≤ c`` makes the optimum ``w = c·sign(∇W' − ∇W)`` and
+  the critic an L1 distance ``c‖∇W' − ∇W‖₁``; with an MLP of width ``h`` on ``n``
+  inputs the Lipschitz constant is bounded by ``c²·h·√n`` (product of the layers'
+  spectral norms, each at most its Frobenius norm).
+- ``penalty`` (WGAN-GP, Gulrajani et al., NeurIPS 2017, arXiv:1704.00028): the
+  critic maximises ``f(∇W') − f(∇W) − λ·E[(‖∇f(v̂)‖₂ − 1)²]`` with ``v̂`` drawn
+  uniformly on the segment between the two gradients. For a linear critic ``∇f = w``
+  everywhere, so the penalty is ``λ(‖w‖ − 1)²`` on the weight norm: the maximiser is
   ``w = (1 + Δ/2λ)·u`` with ``Δ = ‖∇W' − ∇W‖₂`` and ``u`` the unit difference. The
   penalty is a soft, two-sided version of the projection (onto the unit sphere
-  rather than the ball) that tends to it as ``λ → ∞``; the objective the images
-  see, ``wᵀ(∇W' − ∇W) = Δ + Δ²/2λ``, is W1 plus DLG's squared L2 distance with
-  weight ``1/2λ``. A smooth MLP critic near-linear on the segment behaves alike
-  (its gradient norm settles near ``1 + Δ/2λ``, not 1).
+  rather than the ball) that tends to it as ``λ → ∞``. At the maximiser the
+  objective, ``wᵀ(∇W' − ∇W) − λ(‖w‖ − 1)²``, is ``Δ + Δ²/4λ``: W1 plus DLG's squared
+  L2 distance with weight ``1/4λ``. Its gradient in ``∇W'`` is ``w`` (the penalty
+  does not depend on ``∇W'``), ``(1 + Δ/2λ)·u``, the derivative of ``Δ + Δ²/4λ`` —
+  the unpenalised part alone, ``wᵀ(∇W' − ∇W) = Δ + Δ²/2λ``, is not the function the
+  images descend. A smooth MLP critic near-linear on the segment behaves alike (its
+  gradient norm settles near ``1 + Δ/2λ``, not 1); its penalty depends on ``∇W'``
+  through the interpolates, and the images get that part of the gradient too.
 
 ``critic`` picks the critic: ``linear`` (``wᵀv``, no bias: it would cancel) or
 ``mlp`` (one hidden layer of ``critic_width`` Softplus units; Softplus keeps the
@@ -46,7 +54,7 @@ Default: ``penalty`` with the linear critic and ``λ = 0.3``, measured best on t
 digits recovered at ≥ 30 dB, against 1/6 for the projection (which reaches
 30 dB first but then collapses: L-BFGS on the non-smooth ``‖·‖₂``), 3/6 for
 clipping and 0/6 for the MLP critics and for WGAN-GP's ``λ = 10``. Smaller ``λ``
-weighs the squared-L2 part of ``Δ + Δ²/2λ`` more; the squared L2 alone did as
+weighs the squared-L2 part of ``Δ + Δ²/4λ`` more; the squared L2 alone did as
 well (6/6).
 
 ``exact_1d``: the gradient entries of each parameter are treated as 1-D
@@ -88,10 +96,14 @@ class Critic(Distance):
     """KR-dual estimate of W1 between point masses at the dummy and the true gradient,
     with a critic ``f`` trained alongside the images under a Lipschitz constraint.
 
-    One instance serves one restart. Each call first trains the critic on the
-    current dummy gradient (``steps`` ascent steps on ``f(dummy) − f(target)``,
-    minus the penalty if any), then returns ``f(dummy) − f(target)``,
-    differentiable with respect to the dummy gradient.
+    One instance serves one restart. Critic and images play on one function, the
+    critic's objective :meth:`value` (``f(dummy) − f(target)``, minus the gradient
+    penalty where there is one): each call first trains the critic on the current
+    dummy gradient (``steps`` ascent steps on it), then returns it, differentiable
+    with respect to the dummy gradient. So the objective recorded (loss curve,
+    threshold) is the function whose gradient the images follow; with the critic at
+    its optimum that gradient is the one of the dual value ``max_f value``
+    (envelope theorem).
     """
 
     def __init__(self, targets: list[torch.Tensor], steps: int) -> None:
@@ -101,7 +113,8 @@ class Critic(Distance):
 
     @abstractmethod
     def value(self, dummy: torch.Tensor) -> torch.Tensor:
-        """``f(dummy) − f(target)`` for a flattened gradient ``dummy``."""
+        """The critic's objective for a flattened gradient ``dummy``: ``f(dummy) −
+        f(target)``, minus ``λ`` times the gradient penalty under ``penalty``."""
 
     @abstractmethod
     def train(self, dummy: torch.Tensor) -> None:
@@ -122,7 +135,8 @@ class LinearCritic(Critic):
     - ``clip``: the same step, then every ``w_i`` into ``[−c, c]``;
     - ``penalty``: a plain gradient step of ``1/2λ`` on ``wᵀ(d − t) − λ(‖w‖ − 1)²`` (the
       penalised objective is 2λ-smooth along ``w``; a fixed-length step would oscillate
-      around the optimal norm ``1 + Δ/2λ``).
+      around the optimal norm ``1 + Δ/2λ``). Once ``w`` points along ``d − t`` (after
+      one step from ``w = 0``), the next step lands on the maximiser.
     """
 
     def __init__(
@@ -141,7 +155,10 @@ class LinearCritic(Critic):
         self.clip_value, self.penalty_weight = clip_value, penalty_weight
 
     def value(self, dummy: torch.Tensor) -> torch.Tensor:
-        return self.weight @ dummy - self.weight @ self.target
+        dual = self.weight @ dummy - self.weight @ self.target
+        if self.constraint != "penalty":
+            return dual
+        return dual - self.penalty_weight * (self.weight.norm() - 1) ** 2
 
     def train(self, dummy: torch.Tensor) -> None:
         ascent = dummy - self.target
@@ -205,7 +222,10 @@ class MLPCritic(Critic):
         )
 
     def value(self, dummy: torch.Tensor) -> torch.Tensor:
-        return (self.network(dummy[None]) - self.network(self.target[None])).squeeze()
+        dual = (self.network(dummy[None]) - self.network(self.target[None])).squeeze()
+        if self.constraint != "penalty":
+            return dual
+        return dual - self.penalty_weight * self.penalty(dummy)
 
     def penalty(self, dummy: torch.Tensor) -> torch.Tensor:
         """``mean (‖∇f(v̂)‖₂ − 1)²`` over :data:`INTERPOLATES` points ``v̂`` on the segment."""
@@ -218,10 +238,7 @@ class MLPCritic(Critic):
         with torch.enable_grad():
             for _ in range(self.steps):
                 self.optimizer.zero_grad()
-                loss = -self.value(dummy)
-                if self.constraint == "penalty":
-                    loss = loss + self.penalty_weight * self.penalty(dummy)
-                loss.backward()
+                (-self.value(dummy)).backward()
                 self.optimizer.step()
                 if self.constraint == "clip":
                     with torch.no_grad():
@@ -272,8 +289,16 @@ class WDLG(MatchingAttack):
 
 def config(params: WDLGParams, seed: int) -> MatchConfig:
     """WDLG's :class:`MatchConfig`: L-BFGS on the chosen W1 estimate; ``seed`` seeds
-    the critic (its initialisation and the gradient penalty's interpolates)."""
+    the critic (its initialisation and the gradient penalty's interpolates).
+
+    A critic's objective is its current estimate of the dual value, below it while
+    the critic lags and then possibly negative, so a value ≤ 0 does not mean the
+    gradients match: with a critic, ``loss_threshold = 0`` (the default) never ends a
+    restart, and a positive threshold is compared with that estimate."""
     p = params
+    budget = p.budget()
+    if p.variant == "critic" and p.loss_threshold == 0.0:
+        budget["loss_threshold"] = -math.inf
     bounds = {"clip_value": p.clip_value, "penalty_weight": p.penalty_weight}
     distance: str | Callable[[list[torch.Tensor]], Distance] = "wasserstein_1d"
     if p.variant == "critic" and p.critic == "linear":
@@ -286,4 +311,4 @@ def config(params: WDLGParams, seed: int) -> MatchConfig:
             MLPCritic, constraint=p.constraint, steps=p.critic_steps, width=p.critic_width,
             lr=p.critic_lr, seed=seed, **bounds,
         )  # fmt: skip
-    return MatchConfig(distance=distance, optimizer="lbfgs", **p.budget())
+    return MatchConfig(distance=distance, optimizer="lbfgs", **budget)

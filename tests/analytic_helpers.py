@@ -9,13 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.api import Observation
-from fedsim.data.datasets import load_photos
+from fedsim.data.datasets import load_digits, load_photos
 
 
 def photo(size: int = 32, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One centred photo crop ``(1, 3, size, size)`` in [0, 1] and its label."""
     photos = load_photos(size, 1, 0)
     return photos.images[index : index + 1].float() / 255.0, photos.labels[index : index + 1]
+
+
+def digit(size: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One of scikit-learn's handwritten digits ``(1, 1, size, size)`` in [0, 1] and its label."""
+    digits = load_digits(size)
+    return digits.images[index : index + 1].float() / 255.0, digits.labels[index : index + 1]
 
 
 def observe(
@@ -75,6 +81,25 @@ class Rectified(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+class BiasedChain(nn.Module):
+    """Two biased 3×3 tanh convs on ``1 × size × size`` inputs, then a head to 10 classes.
+
+    The first (padding 1, 3 channels) triples the number of elements, so its
+    output fills a proper affine subspace (COPA's pull-back applies above it);
+    the second (2 channels, no padding) sees ``3·size²`` inputs through only
+    ``2·(size − 2)² + 54`` constraints, so R-GAP cannot determine its input.
+    """
+
+    def __init__(self, size: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.conv2 = nn.Conv2d(3, 2, 3)
+        self.fc = nn.Linear(2 * (size - 2) ** 2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.conv2(torch.tanh(self.conv1(x)))).flatten(1))
 
 
 class MLP(nn.Module):

@@ -108,6 +108,17 @@ class Layer:
     def geometry(self) -> ConvGeometry:
         return ConvGeometry.of(self.module, self.input_shape)  # type: ignore[arg-type]
 
+    def flat_bias(self) -> torch.Tensor:
+        """The bias as it enters the flat pre-activation output ``Z = M x + b``:
+        float64 on the CPU, ``(|Z|,)`` (a conv layer's bias repeated over positions);
+        zeros when the layer has none."""
+        module = self.module
+        size = module.out_features if isinstance(module, nn.Linear) else self.geometry().n_outputs
+        if module.bias is None:
+            return torch.zeros(size, dtype=torch.float64)
+        bias = module.bias.detach().double().cpu()
+        return bias.repeat_interleave(size // len(bias))
+
     def weight_map(self, x: torch.Tensor) -> torch.Tensor:
         """``M x``: the layer without its bias, ``(B, *input_shape)`` → ``(B, *output)``."""
         module = self.module

@@ -64,13 +64,6 @@ class Inversion:
     clipped: int
 
 
-def _bias(layer: Layer, shape: tuple[int, ...]) -> torch.Tensor | float:
-    if layer.module.bias is None:
-        return 0.0
-    bias = layer.module.bias.detach().double().cpu()
-    return bias.reshape(-1, 1, 1).expand(shape).reshape(-1) if layer.kind == "conv" else bias
-
-
 def invert_chain(
     chain: Chain, gradient: Mapping[str, torch.Tensor], conv_solver: ConvSolver | None
 ) -> Inversion:
@@ -106,9 +99,7 @@ def invert_chain(
             z, clipped = z_known, 0
         clipped_total += clipped
         dz = upstream * layer.activation.derivative(z)
-        z = z - _bias(
-            layer, tuple(z.shape) if layer.kind == "linear" else layer.geometry().output_shape
-        )
+        z = z - layer.flat_bias()
         weight = layer.module.weight.detach().double().cpu()
         if layer.kind == "linear":
             x = invert_linear(grad(layer.weight_key), dz)
