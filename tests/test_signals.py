@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import fedsim.federation.runner as runner
 from fedsim.federation.runner import FederationStopped, StoppableGrid, run_trial
+from fedsim.results.store import ResultsStore
 from fedsim.scenario import Trial, expand
 from fedsim.stopping import Interrupted, StopRequest
 
@@ -38,7 +39,9 @@ def signal_soon(stop: StopRequest, *signums: int, after: float = 0.2) -> None:
 
 
 def trial_run(stop: StopRequest, notes: list[str] | None = None) -> None:
-    run_trial(TRIAL, None, Path("."), (notes if notes is not None else []).append,  # type: ignore[arg-type]
+    """``run_trial`` of a stand-in federation (which ignores the store and directory)."""
+    store = cast(ResultsStore, None)
+    run_trial(TRIAL, store, Path("."), (notes if notes is not None else []).append,
               "shared-truth", stop)  # fmt: skip
 
 
