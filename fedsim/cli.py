@@ -18,7 +18,9 @@ from rich.table import Table
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from fedsim.stopping import REQUEST, Interrupted, describe, exit_status, interrupt_on_sigterm
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 WIDE = 200
 """Console width when the output is not a terminal (rich would assume 80 columns)."""
 STAGE_NAMES = {
@@ -198,7 +200,18 @@ def _threat_defaults() -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """The ``fedsim`` command; returns its exit status. SIGINT or SIGTERM ends it
+    with one line and status 130 or 143 (a run first writes its results)."""
+    interrupt_on_sigterm()
+    try:
+        return _command(_parser().parse_args(argv))
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"fedsim: interrupted by {describe(signum)}", file=sys.stderr)
+        return exit_status(signum)
+
+
+def _command(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:  # a log file: keep the tables' rows on one line each
         console = Console(width=max(console.width, WIDE))
@@ -208,11 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit(args, console)
     if args.command == "report":
         return _report(args, console)
+    return _run(args, console)
 
+
+def _run(args: argparse.Namespace, console: Console) -> int:
     from fedsim.run import RunError, run_scenario
     from fedsim.scenario import ScenarioError
 
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         run_dir, status = run_scenario(
             args.scenario,
@@ -225,27 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ScenarioError, RunError) as exc:
         print(f"fedsim: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    console.print(f"results in [bold]{run_dir}[/] ({status})")
-    if status == "interrupted":
-        _abandon_federation()
-    return EXIT_OK if status == "complete" else EXIT_FAILED
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM stops a run like Ctrl-C: results so far are kept, status ``interrupted``."""
-    raise KeyboardInterrupt
-
-
-def _abandon_federation() -> None:
-    """Exit now after Ctrl-C: Flower's ServerApp thread may still wait for replies
-    that will never come, and would keep the process alive. Results are on disk."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_INTERRUPTED)
+    console.print(f"results in [bold]{escape(str(run_dir))}[/] ({status})")
+    code = EXIT_OK if status == "complete" else EXIT_FAILED
+    if REQUEST.signum is not None:  # the run stopped (or ended) after a signal
+        code = exit_status(REQUEST.signum)
+    if REQUEST.abandoned:  # a federation thread is still running: do not wait for it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """``fedsim run``: from a scenario file to a run directory.
 
-Order of work: validate every sweep point (nothing is written if one is
-invalid), check that data, model, defences and resources fit, run the
-architecture audit when asked, create a fresh run directory, then run one
+Order of work (:func:`check_scenario`): validate every sweep point (nothing is
+written if one is invalid), check that data, model, defences and resources fit,
+run the architecture audit when asked; then (:func:`open_run`) create a fresh run
+directory, locked for this process (:mod:`fedsim.results.run_lock`), and run one
 federation per sweep point while a progress display shows rounds and attacks.
-``results.json`` is rewritten atomically after every record, so an
-interrupted run leaves valid results for what finished, and ``--resume
-RUN_DIR`` finishes it: points that completed are not run again, and a
-scenario that no longer gives the same points is refused. The run ends with
-``sweep.csv``, the plots, the summary tables and ``report.html`` (a report
-that cannot be built is a warning: the results are saved already).
+From the directory's creation on, SIGINT and SIGTERM only request a stop
+(:mod:`fedsim.stopping`). ``results.json`` is rewritten atomically after every
+record, so an interrupted run leaves valid results for what finished, and
+``--resume RUN_DIR`` finishes it: points that completed are not run again, and a
+scenario that no longer gives the same points, damaged result files or a run
+directory another process holds are refused. The run ends with ``sweep.csv``,
+the plots, the summary tables and ``report.html`` (a report that cannot be built
+is a warning: the results are saved already).
 
 :func:`prepare_run`, :func:`run_trials` and :func:`finish_run` are shared with
 the deployment engine's ServerApp (``fedsim.federation.deployment``).
@@ -18,6 +21,8 @@ the deployment engine's ServerApp (``fedsim.federation.deployment``).
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
@@ -39,11 +45,13 @@ from fedsim.registry import instantiate_defence
 from fedsim.results.images import save_grid
 from fedsim.results.plots import save_accuracy_curves, save_loss_curves
 from fedsim.results.round_plots import save_round_plots
+from fedsim.results.run_lock import RunDirectoryInUse, RunLock
 from fedsim.results.store import ResultsStore, atomic_write
 from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
 from fedsim.results.table import POINT_COLUMNS, point_rows, rich_table, short_point, summarise
 from fedsim.scenario import Scenario, ScenarioError, Trial, format_path, load
+from fedsim.stopping import deferred, describe
 from fedsim.training.racecar import UnsupportedModel, check_racecar_model, layer_weights
 
 MAX_GRID_ROWS = 40
@@ -122,21 +130,40 @@ def _check_training(
         raise ScenarioError(source, ("federation", "racecar", "lambdas"), str(exc)) from None
 
 
+def safe_name(name: str) -> str:
+    """``name`` as one safe path component: letters, digits, ``_`` and ``-`` are kept,
+    every other run of characters (``/``, ``.``, spaces, ...) becomes one ``-``,
+    and ``-`` at either end is dropped; ``scenario`` if nothing is left.
+    ``"../../escaped"`` → ``"escaped"``, ``"dp sweep v1.2"`` → ``"dp-sweep-v1-2"``."""
+    return re.sub(r"[^\w-]+", "-", name).strip("-") or "scenario"
+
+
 def new_run_dir(out: Path | None, base: Path, name: str) -> Path:
-    """Create a new, empty run directory; never reuse an existing one."""
-    if out is not None:
-        if out.exists():
-            raise RunError(f"run directory {out} already exists; choose another --out")
-        out.mkdir(parents=True)
-        return out
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for suffix in ["", *(f"-{i}" for i in range(2, 1000))]:
-        candidate = base / f"{name}-{stamp}{suffix}"
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            continue
+    """Create a new, empty run directory: ``out``, or ``base/<safe_name(name)>-<time>``
+    (always inside ``base``); never reuse an existing one.
+
+    Raises:
+        RunError: ``out`` exists, or the directory cannot be created.
+    """
+    try:
+        if out is not None:
+            if out.exists():
+                raise RunError(f"run directory {out} already exists; choose another --out")
+            out.mkdir(parents=True)
+            return out
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for suffix in ["", *(f"-{i}" for i in range(2, 1000))]:
+            candidate = base / f"{safe_name(name)}-{stamp}{suffix}"
+            try:
+                candidate.mkdir(parents=True)
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        where = out if out is not None else base
+        raise RunError(
+            f"cannot create run directory {exc.filename or where}: {exc.strerror or exc}"
+        ) from None
     raise RunError(f"cannot create a new run directory under {base}")
 
 
@@ -188,17 +215,45 @@ def first_difference(old: Any, new: Any, path: tuple[str | int, ...] = ()) -> st
     return None if old == new else f"{format_path(path) or 'value'}: {old!r} → {new!r}"
 
 
+def _read_json(path: Path) -> Any:
+    """The JSON file at ``path`` (of a run directory to resume), or a one-line
+    :class:`RunError`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RunError(f"{path.parent}: cannot read {path.name}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # not JSON (a truncated file), or not UTF-8
+        raise RunError(
+            f"{path.parent}: {path.name} is damaged ({exc}); it cannot be resumed: start a new run"
+        ) from None
+
+
+def _require_run_dir(run_dir: Path) -> None:
+    names = ("scenario.resolved.json", "results.json")
+    if not all((run_dir / name).is_file() for name in names):
+        raise RunError(f"{run_dir}: not a fedsim run directory (no {names[0]} or {names[1]})")
+
+
 def check_resumable(run_dir: Path, trials: list[Trial], source: str) -> None:
-    """Refuse to resume ``run_dir`` unless ``trials`` are exactly the points it was made for.
+    """Refuse to resume ``run_dir`` unless its files are intact and ``trials`` are
+    exactly the points it was made for.
 
     The output section is not compared (it does not change what a point computes).
     """
-    resolved, results = run_dir / "scenario.resolved.json", run_dir / "results.json"
-    if not resolved.is_file() or not results.is_file():
+    results = _read_json(run_dir / "results.json")
+    resolved = _read_json(run_dir / "scenario.resolved.json")
+    if not (
+        isinstance(results, dict)
+        and isinstance(results.get("trials"), list)
+        and isinstance(results.get("records"), list)
+        and isinstance(resolved, dict)
+        and isinstance(resolved.get("trials"), list)
+    ):
         raise RunError(
-            f"{run_dir}: not a fedsim run directory (no {resolved.name} or results.json)"
+            f"{run_dir}: results.json or scenario.resolved.json is not what fedsim wrote; "
+            "it cannot be resumed: start a new run"
         )
-    stored = json.loads(resolved.read_text(encoding="utf-8"))["trials"]
+    stored = resolved["trials"]
     current = resolved_trials(trials)
     if len(stored) != len(current):
         raise RunError(
@@ -248,13 +303,15 @@ def write_outputs(store: ResultsStore, run_dir: Path) -> None:
 
 @dataclass
 class PreparedRun:
-    """A validated scenario with its run directory and results store: a fresh
-    one, or a resumed one whose ``done`` trials are not run again."""
+    """A validated scenario with its run directory (locked for this process) and
+    results store: a fresh one, or a resumed one whose ``done`` trials are not run
+    again."""
 
     source: Path
     trials: list[Trial]
     run_dir: Path
     store: ResultsStore
+    lock: RunLock
     started: float
     done: set[int] = field(default_factory=set)
     audits: list[ScenarioAudit] = field(default_factory=list)
@@ -262,6 +319,85 @@ class PreparedRun:
     @property
     def todo(self) -> list[Trial]:
         return [t for t in self.trials if t.index not in self.done]
+
+
+@dataclass(frozen=True)
+class CheckedScenario:
+    """A scenario that passed every check of :func:`check_scenario`; nothing written yet."""
+
+    path: Path
+    overrides: list[str]
+    raw: Any
+    trials: list[Trial]
+    audits: list[ScenarioAudit]
+
+
+def check_scenario(
+    path: Path, overrides: list[str], engine: Engine, resume: Path | None = None
+) -> CheckedScenario:
+    """Validate the scenario at ``path`` (data, model, defences and, in simulation,
+    resources) and, for a new run whose scenario asks, run the ``[audit]``.
+
+    Raises:
+        ScenarioError: invalid scenario, data, model, defences or resources.
+    """
+    raw, trials = load(path, overrides)
+    preflight(trials, str(path))
+    if engine == "simulation":
+        from fedsim.federation.runner import check_resources
+
+        for trial in trials:
+            check_resources(trial.scenario, str(path))
+    audited = [t for t in trials if t.scenario.audit is not None]
+    audits = audit_scenario(audited, str(path)) if audited and resume is None else []
+    return CheckedScenario(path, overrides, raw, trials, audits)
+
+
+def _lock(run_dir: Path) -> RunLock:
+    try:
+        return RunLock.acquire(run_dir)
+    except RunDirectoryInUse as exc:
+        raise RunError(str(exc)) from None
+    except OSError as exc:
+        raise RunError(f"{run_dir}: cannot lock it: {exc.strerror or exc}") from None
+
+
+def open_run(
+    checked: CheckedScenario,
+    out: Path | None,
+    engine: Engine,
+    scoring: ScoringMode,
+    resume: Path | None = None,
+) -> PreparedRun:
+    """Create the run directory of ``checked`` and its results store, or reopen
+    ``resume``'s; either way lock it (:class:`~fedsim.results.run_lock.RunLock`).
+
+    Raises:
+        RunError: the run directory cannot be created, is in use by another
+            process, or cannot be resumed.
+    """
+    path, trials = checked.path, checked.trials
+    first = trials[0].scenario
+    if resume is not None:
+        _require_run_dir(resume)
+        lock = _lock(resume)
+        try:
+            check_resumable(resume, trials, str(path))
+            store = ResultsStore.resume(resume)
+        except BaseException:
+            lock.release()
+            raise
+        return PreparedRun(path, trials, resume, store, lock, time.perf_counter(), store.completed)
+    run_dir = new_run_dir(out, first.output.dir, first.name)
+    lock = _lock(run_dir)
+    _write_scenario(run_dir, path, checked.overrides, checked.raw, trials)
+    store = ResultsStore(run_dir, first.name, engine, scoring, GROUND_TRUTH_NOTES[scoring])
+    if checked.audits:
+        (run_dir / "audit.json").write_text(audits_json(checked.audits), encoding="utf-8")
+        store.data["audit"] = [a.to_json() for a in checked.audits]
+        store.save()
+    started = time.perf_counter()
+    return PreparedRun(path, trials, run_dir, store, lock, started, audits=checked.audits)
 
 
 def prepare_run(
@@ -272,36 +408,14 @@ def prepare_run(
     scoring: ScoringMode,
     resume: Path | None = None,
 ) -> PreparedRun:
-    """Validate the scenario at ``path``, create its run directory and results
-    store (or reopen ``resume``'s), and run the ``[audit]`` when the scenario asks.
+    """:func:`check_scenario`, then :func:`open_run`.
 
     Raises:
         ScenarioError: invalid scenario, data, model, defences or (simulation)
             resources; nothing is written.
-        RunError: the run directory cannot be created, or cannot be resumed.
+        RunError: the run directory cannot be created, is in use, or cannot be resumed.
     """
-    raw, trials = load(path, overrides)
-    preflight(trials, str(path))
-    if engine == "simulation":
-        from fedsim.federation.runner import check_resources
-
-        for trial in trials:
-            check_resources(trial.scenario, str(path))
-    first = trials[0].scenario
-    if resume is not None:
-        check_resumable(resume, trials, str(path))
-        store = ResultsStore.resume(resume)
-        return PreparedRun(path, trials, resume, store, time.perf_counter(), store.completed)
-    audited = [t for t in trials if t.scenario.audit is not None]
-    audits = audit_scenario(audited, str(path)) if audited else []
-    run_dir = new_run_dir(out, first.output.dir, first.name)
-    _write_scenario(run_dir, path, overrides, raw, trials)
-    store = ResultsStore(run_dir, first.name, engine, scoring, GROUND_TRUTH_NOTES[scoring])
-    if audits:
-        (run_dir / "audit.json").write_text(audits_json(audits), encoding="utf-8")
-        store.data["audit"] = [a.to_json() for a in audits]
-        store.save()
-    return PreparedRun(path, trials, run_dir, store, time.perf_counter(), audits=audits)
+    return open_run(check_scenario(path, overrides, engine, resume), out, engine, scoring, resume)
 
 
 def run_trials(
@@ -349,7 +463,7 @@ def finish_run(
 ) -> list[dict[str, Any]]:
     """Close the store with ``status`` (wall time added to a resumed run's), write
     the PNGs, ``sweep.csv``, the plots list and ``report.html`` (``say`` tells where,
-    or warns); returns the summary table's rows."""
+    or warns), and unlock the run directory; returns the summary table's rows."""
     data = run.store.data
     data["wall_seconds"] = data.get("wall_seconds", 0.0) + time.perf_counter() - run.started
     run.store.close(status, reason)
@@ -357,6 +471,7 @@ def finish_run(
         write_outputs(run.store, run.run_dir)
     finally:
         write_report_or_warn(run.run_dir, say)
+        run.lock.release()
     return summarise(run.store.data)
 
 
@@ -371,26 +486,61 @@ def run_scenario(
     """Run the scenario at ``path`` in Flower's simulation engine; returns the run
     directory and the final status (``complete``, ``partial`` or ``interrupted``).
 
+    From the run directory's creation on, SIGINT and SIGTERM only request a stop
+    (:func:`fedsim.stopping.deferred`; ``fedsim.stopping.REQUEST`` says which came):
+    the point under way ends ``interrupted`` and the outputs are written for what
+    finished. Before that, they interrupt at once (nothing is written).
+
     Raises:
         ScenarioError: invalid scenario, data, model or defences (nothing written).
-        RunError: the run directory cannot be created, or cannot be resumed.
+        RunError: the run directory cannot be created, is in use, or cannot be resumed.
+        KeyboardInterrupt: a signal before the run directory was created.
     """
-    run = prepare_run(path, overrides, out, "simulation", scoring, resume)
-    for audit in run.audits:
+    checked = check_scenario(path, overrides, "simulation", resume)
+    for audit in checked.audits:
         print_audit(audit, console)
-    if run.done:
-        console.print(
-            f"resuming {run.run_dir}: {len(run.done)} of {len(run.trials)} points done, skipped"
+    with deferred() as stop:
+        run = open_run(checked, out, "simulation", scoring, resume)
+        if run.done:
+            console.print(
+                f"resuming {escape(str(run.run_dir))}: {len(run.done)} of {len(run.trials)} "
+                "points done, skipped"
+            )
+        try:
+            status, reason = _run_points(run, console, scoring), ""
+        except KeyboardInterrupt:
+            status, reason = "interrupted", f"stopped by {describe(stop.signum)}"
+        rows = finish_run(
+            run, status, reason, lambda line: console.print(line, markup=False, highlight=False)
         )
-    total = sum(t.scenario.federation.rounds for t in run.todo)
+        name = run.trials[0].scenario.name
+        console.print(rich_table(rows, title=f"{name}: {status}"))
+        console.print(
+            rich_table(point_rows(run.store.data), title="sweep points", shown=POINT_COLUMNS)
+        )
+        for message in sorted(unavailable_metrics(run.store.data)):
+            console.print(f"[yellow]relative-perceptual-L1 unavailable:[/] {escape(message)}")
+        if status == "interrupted":
+            command = shlex.join(
+                ["fedsim", "run", str(path), *(f"--set={o}" for o in overrides),
+                 "--resume", str(run.run_dir)]
+            )  # fmt: skip
+            console.print(f"finish it with: {command}", markup=False, highlight=False)
+    return run.run_dir, status
+
+
+def _run_points(run: PreparedRun, console: Console, scoring: ScoringMode) -> str:
+    """:func:`run_trials` in Flower's simulation engine, behind a progress display;
+    returns ``complete`` or ``partial``; ``KeyboardInterrupt`` propagates."""
     from fedsim.federation.runner import run_trial
 
+    total = sum(t.scenario.federation.rounds for t in run.todo)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} rounds"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[note]}"),
+        TextColumn("{task.fields[note]}", markup=False),
         console=console,
     ) as progress:
         task = progress.add_task("federation", total=total, note="starting")
@@ -406,22 +556,10 @@ def run_scenario(
             run_trial(trial, run.store, run.run_dir, note, scoring)
 
         def failed(trial: Trial, error: str) -> None:
-            console.print(f"[red]point {trial.index + 1}/{len(run.trials)} failed:[/] {error}")
+            label = f"point {trial.index + 1}/{len(run.trials)}"
+            console.print(f"[red]{label} failed:[/] {escape(error)}")
 
-        try:
-            status = run_trials(run, one, failed)
-            reason = ""
-        except KeyboardInterrupt:
-            status, reason = "interrupted", "stopped by the user (Ctrl-C or SIGTERM)"
-    rows = finish_run(run, status, reason, lambda line: console.print(line, highlight=False))
-    name = run.trials[0].scenario.name
-    console.print(rich_table(rows, title=f"{name}: {status}"))
-    console.print(rich_table(point_rows(run.store.data), title="sweep points", shown=POINT_COLUMNS))
-    for message in sorted(unavailable_metrics(run.store.data)):
-        console.print(f"[yellow]relative-perceptual-L1 unavailable:[/] {message}")
-    if status == "interrupted":
-        console.print(f"finish it with: fedsim run {path} --resume {run.run_dir}")
-    return run.run_dir, status
+        return run_trials(run, one, failed)
 
 
 def unavailable_metrics(results: dict[str, Any]) -> set[str]:

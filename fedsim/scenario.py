@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
 import sys
 import types
@@ -281,7 +282,11 @@ class OutputConfig(Section):
 class Scenario(Section):
     """A validated scenario with every sweep resolved to one value."""
 
-    name: str = "scenario"
+    name: str = Field(
+        "scenario",
+        description="shown in results and reports; the run directory under output.dir "
+        "takes a safe form of it (fedsim.run.safe_name: one path component)",
+    )
     description: str = ""
     seed: int = Field(0, ge=0)
     device: str = "auto"
@@ -566,9 +571,31 @@ def _from_pydantic(exc: ValidationError, source: str, prefix: KeyPath) -> Scenar
     return ScenarioError(source, (*prefix, *loc), message)
 
 
+MAX_SWEEP_POINTS = 10_000
+"""Most sweep points one scenario may give (the product of its axes' lengths)."""
+
+
+def _check_sweep_size(axes: list[_Axis], source: str) -> None:
+    """Refuse a grid of more than :data:`MAX_SWEEP_POINTS` points before building it."""
+    count = math.prod(len(axis.values) for axis in axes)
+    if count > MAX_SWEEP_POINTS:
+        sizes = " × ".join(f"{format_path(a.path)}: {len(a.values):,}" for a in axes)
+        raise ScenarioError(
+            source,
+            (),
+            f"the sweep has {count:,} points ({sizes}), more than the limit of "
+            f"{MAX_SWEEP_POINTS:,}; split it into several scenarios",
+        )
+
+
 def expand(raw: dict[str, Any], source: str) -> list[Trial]:
-    """Validate ``raw`` and return one :class:`Trial` per sweep point (grid product)."""
+    """Validate ``raw`` and return one :class:`Trial` per sweep point (grid product).
+
+    Raises:
+        ScenarioError: an invalid point, or more than :data:`MAX_SWEEP_POINTS` points.
+    """
     axes = _find_axes(raw, source)
+    _check_sweep_size(axes, source)
     trials = []
     for index, values in enumerate(itertools.product(*(a.values for a in axes))):
         point_raw = _deep_copy(raw)
@@ -670,8 +697,20 @@ def read_raw(path: Path) -> dict[str, Any]:
 
 
 def load(path: Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[Trial]]:
-    """Read, override and expand a scenario file; returns the raw dict and its trials."""
+    """Read, override and expand a scenario file; returns the raw dict and its trials.
+
+    Raises:
+        ScenarioError: unreadable or invalid, or a file that sets nothing at all.
+    """
     raw = read_raw(path)
+    if not raw:
+        raise ScenarioError(
+            str(path),
+            (),
+            "the file sets nothing (it is empty or only comments): describe the federation "
+            "([data], [model], [federation]) and the [[attacks]] to run, as in "
+            "scenarios/quickstart.toml",
+        )
     for text in overrides:
         key, value = parse_override(text, str(path))
         apply_override(raw, key, value, str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedsim.audit.runner import ScenarioAudit
 
@@ -18,7 +19,7 @@ def print_audit(audit: ScenarioAudit, console: Console) -> None:
     title = f"audit: {r.model} on {r.input_shape[0]}×{r.input_shape[1]}×{r.input_shape[2]}"
     if audit.point != "-":
         title += f" [{audit.point}]"
-    table = Table(title=title)
+    table = Table(title=Text(title, style="table.title"))  # plain text: a point's values
     headers = ("layer", "n_i", "|Z_i|", "|W_i|", "rank(U_i)", "count", "rank−n", "weight",
                "contrib.")  # fmt: skip
     for header in headers:

@@ -15,26 +15,29 @@ import logging
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context
+from flwr.app import Context, Message, RecordDict
 from flwr.common.logger import FLOWER_LOGGER
+from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
 
 from fedsim.federation.client_app import make_client_app
-from fedsim.federation.nodes import SimulatedNodes
+from fedsim.federation.nodes import PULL_INTERVAL, SimulatedNodes
 from fedsim.federation.observer import Progress
 from fedsim.federation.scoring import ScoringMode
 from fedsim.federation.server_app import run_federation
 from fedsim.results.store import ResultsStore
 from fedsim.scenario import Scenario, ScenarioError, Trial
+from fedsim.stopping import REQUEST, StopRequest, describe
 
 
 def ray_cpus(scenario: Scenario) -> int:
@@ -89,6 +92,14 @@ def logs_to(logger: logging.Logger, path: Path) -> Iterator[None]:
         handler.close()
 
 
+class _NoMainThreadWarning(logging.Filter):
+    """Drops Ray's warning that, started outside the main thread, it set no SIGTERM
+    handler: :func:`run_trial` starts it there on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "not the main thread" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def ray_session(scenario: Scenario, run_dir: Path, trial: int) -> Iterator[None]:
     """Start Ray for one trial (Flower's backend then uses it): ``ray_cpus`` cores,
@@ -96,14 +107,21 @@ def ray_session(scenario: Scenario, run_dir: Path, trial: int) -> Iterator[None]
     paths must be short). Afterwards Ray is shut down and its logs are copied to
     ``run_dir/ray/trial<i>``.
 
-    Ray replaces the process's SIGTERM handler with one that aborts; the previous
-    handler is put back, so that SIGTERM still ends a run cleanly.
+    Ray must leave this process's signal handlers to fedsim (:mod:`fedsim.stopping`).
+    ``ray.init`` in the main thread would set a SIGTERM handler that exits wherever
+    the signal lands, so :func:`run_trial` calls this in the federation's thread.
+    Ray's crash handler, which takes SIGTERM too and leaves it at the default
+    (killing the process) when Ray shuts down, is switched off before Ray is first
+    imported (``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``).
     """
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default
     import ray
 
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default
     temp = tempfile.mkdtemp(prefix="fedsim-ray-")
-    sigterm = signal.getsignal(signal.SIGTERM)
+    quiet = _NoMainThreadWarning()
+    worker_log = logging.getLogger("ray._private.worker")
+    worker_log.addFilter(quiet)
     try:
         with logs_to(logging.getLogger("ray"), run_dir / "ray.log"):
             ray.init(
@@ -115,10 +133,9 @@ def ray_session(scenario: Scenario, run_dir: Path, trial: int) -> Iterator[None]
                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}},
                 _temp_dir=temp,
             )
-            if sigterm is not None and threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, sigterm)
             yield
     finally:
+        worker_log.removeFilter(quiet)
         if ray.is_initialized():
             ray.shutdown()
         for logs in Path(temp).glob("session_2*/logs"):
@@ -126,19 +143,98 @@ def ray_session(scenario: Scenario, run_dir: Path, trial: int) -> Iterator[None]
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def run_trial(
-    trial: Trial, store: ResultsStore, run_dir: Path, progress: Progress, scoring: ScoringMode
+class FederationStopped(Exception):
+    """Raised in the ServerApp once a stop is requested: Flower then ends the
+    simulation in order (its workers stop, then Ray is shut down)."""
+
+
+def _check(stop: StopRequest) -> None:
+    if stop.requested:
+        raise FederationStopped(f"stop requested ({describe(stop.signum)})")
+
+
+class StoppableGrid(Grid):
+    """The ServerApp's ``grid``, raising :class:`FederationStopped` at every call that
+    looks for nodes or replies once ``stop`` is requested, so that a ServerApp
+    waiting for its clients stops within :data:`~fedsim.federation.nodes.PULL_INTERVAL`
+    seconds. Otherwise it is ``grid``."""
+
+    def __init__(self, grid: Grid, stop: StopRequest) -> None:
+        self._grid, self._stop = grid, stop
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        _check(self._stop)
+        return self._grid.get_node_ids()
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        _check(self._stop)
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        _check(self._stop)
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        _check(self._stop)
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Flower's contract: the replies in the order they arrive, once all have
+        or ``timeout`` seconds have passed (``None``: no limit)."""
+        pending = set(self.push_messages(messages))
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            arrived = list(self.pull_messages(pending))
+            replies += arrived
+            pending -= {m.metadata.reply_to_message_id for m in arrived}
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(PULL_INTERVAL)
+        return replies
+
+
+def _federate(
+    trial: Trial,
+    store: ResultsStore,
+    run_dir: Path,
+    progress: Progress,
+    scoring: ScoringMode,
+    stop: StopRequest,
 ) -> None:
-    """Run ``trial``'s federation; attacks and scores land in ``store`` as rounds finish."""
+    """Run ``trial``'s federation in Flower's simulation engine, in this thread."""
     from flwr.simulation import run_simulation
 
     scenario = trial.scenario
     server_app = ServerApp()
 
+    def note(message: str) -> None:
+        _check(stop)
+        progress(message)
+
     @server_app.main()
     def main(grid: Grid, _context: Context) -> None:
         nodes = SimulatedNodes(scenario.federation.round_timeout)
-        run_federation(grid, trial, store, run_dir, nodes, scoring, progress)
+        run_federation(StoppableGrid(grid, stop), trial, store, run_dir, nodes, scoring, note)
 
     with (
         logs_to(FLOWER_LOGGER, run_dir / "flower.log"),
@@ -150,3 +246,58 @@ def run_trial(
             num_supernodes=scenario.federation.clients_per_round,
             backend_config=backend_config(scenario),  # type: ignore[arg-type]
         )
+
+
+JOIN_INTERVAL = 0.1
+"""Seconds between the waiting thread's checks for a second signal."""
+STOPPING_NOTE = (
+    "{signal}: stopping once the current step ends (Ray is shut down in order); "
+    "signal again to stop at once"
+)
+
+
+def run_trial(
+    trial: Trial,
+    store: ResultsStore,
+    run_dir: Path,
+    progress: Progress,
+    scoring: ScoringMode,
+    stop: StopRequest = REQUEST,
+) -> None:
+    """Run ``trial``'s federation; attacks and scores land in ``store`` as rounds finish.
+
+    The federation (Ray, Flower's engine and the ServerApp) runs in a thread of
+    its own: the calling thread, where signal handlers run, only waits, so a
+    signal never lands inside Ray or Flower. Once ``stop`` is requested the
+    ServerApp stops at its next step (a poll for replies, a progress note; an
+    attack or a client's training under way finishes first), Flower stops its
+    workers and Ray in order, and :class:`~fedsim.stopping.Interrupted` is raised.
+    If ``stop`` is abandoned (a second signal) it is raised at once, and the
+    federation's thread is left running (the process must end with ``os._exit``).
+
+    Raises:
+        Interrupted: a stop was requested before the trial completed.
+        Exception: what ended the federation otherwise (the trial failed).
+    """
+    if stop.requested:
+        raise stop.interrupted()
+    failure: list[BaseException] = []
+
+    def federate() -> None:
+        try:
+            _federate(trial, store, run_dir, progress, scoring, stop)
+        except BaseException as exc:  # handed over to the waiting thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=federate, name=f"fedsim-trial{trial.index}", daemon=True)
+    thread.start()
+    told = False
+    while thread.is_alive() and not stop.abandoned:
+        thread.join(JOIN_INTERVAL)
+        if stop.requested and not told:
+            progress(STOPPING_NOTE.format(signal=describe(stop.signum)))
+            told = True
+    if stop.requested and (failure or thread.is_alive()):
+        raise stop.interrupted()
+    if failure:
+        raise failure[0]

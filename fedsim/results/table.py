@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from rich.table import Table
+from rich.text import Text
 
 from fedsim.results.points import point_summary, view_epsilon
 
@@ -152,12 +153,16 @@ def columns(rows: list[dict[str, Any]]) -> dict[str, str]:
 def rich_table(
     rows: list[dict[str, Any]], title: str, shown: dict[str, str] | None = None
 ) -> Table:
-    """``rows`` as a table of ``shown`` (key → header); default: the attack summary's columns."""
-    table = Table(title=title)
+    """``rows`` as a table of ``shown`` (key → header); default: the attack summary's columns.
+
+    The title and cells are plain text, never rich markup: they hold what users
+    wrote (a scenario's name, swept values), which may contain ``[...]``.
+    """
+    table = Table(title=Text(title, style="table.title"))
     shown = columns(rows) if shown is None else shown
     for column, header in shown.items():
         left = column in ("point", "attack", "position", "status")
         table.add_column(header, justify="left" if left else "right", overflow="fold")
     for row in rows:
-        table.add_row(*(format_cell(row[c], c) for c in shown))
+        table.add_row(*(Text(format_cell(row[c], c)) for c in shown))
     return table
