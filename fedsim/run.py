@@ -41,7 +41,7 @@ from fedsim.data.datasets import DataError
 from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
 from fedsim.federation.setup import federated_data, model_factory
 from fedsim.models.start import CheckpointError, load_checkpoint
-from fedsim.registry import instantiate_defence
+from fedsim.registry import discover, instantiate_defence
 from fedsim.results.images import save_grid
 from fedsim.results.plots import save_accuracy_curves, save_loss_curves
 from fedsim.results.round_plots import save_round_plots
@@ -331,6 +331,23 @@ class CheckedScenario:
     trials: list[Trial]
     audits: list[ScenarioAudit]
 
+    @property
+    def clashes(self) -> list[str]:
+        """One line per plugin the scenario uses whose name another installed
+        distribution also declares (the built-in is used; see :mod:`fedsim.registry`)."""
+        clashes = discover().clashes
+        used = {
+            f"fedsim.{kind}:{config.name}"
+            for trial in self.trials
+            for kind, configs in (
+                ("attacks", trial.scenario.attacks),
+                ("defences", trial.scenario.defences),
+            )
+            for config in configs
+        }
+        return [f"plugin name {key.split(':')[1]!r} is {clashes[key]}" for key in sorted(used)
+                if key in clashes]  # fmt: skip
+
 
 def check_scenario(
     path: Path, overrides: list[str], engine: Engine, resume: Path | None = None
@@ -497,6 +514,8 @@ def run_scenario(
         KeyboardInterrupt: a signal before the run directory was created.
     """
     checked = check_scenario(path, overrides, "simulation", resume)
+    for clash in checked.clashes:
+        console.print(f"[bold yellow]warning:[/] {escape(clash)}")
     for audit in checked.audits:
         print_audit(audit, console)
     with deferred() as stop:

@@ -16,6 +16,7 @@ import pytest
 
 from fedsim.cli import main
 from fedsim.registry import discover
+from fedsim.run import check_scenario
 from fedsim.scenario import ScenarioError, expand
 
 REQUIRED = """
@@ -148,3 +149,17 @@ def test_name_clash_between_third_party_plugins_refuses_the_name(install: Instal
         "s.toml: attacks[0].name: attack plugin 'twin' is declared by 'plugone' and 'plugtwo': "
         "none is used; uninstall all but one"
     )
+
+
+def test_a_scenario_using_a_clashing_name_is_warned(install: Install, tmp_path: Path) -> None:
+    install(
+        "fakeplug", {"fedsim.attacks": {"dlg": "fake_required:NeedsSecret"}},
+        {"fake_required": REQUIRED},
+    )  # fmt: skip
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[[attacks]]\nname = "dlg"\n[[attacks]]\nname = "idlg"\n', "utf-8")
+
+    checked = check_scenario(scenario, [], "deployment")
+    assert checked.clashes == [
+        "plugin name 'dlg' is declared by 'fedsim' (built in, used) and by 'fakeplug' (ignored)"
+    ]
