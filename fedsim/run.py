@@ -46,7 +46,7 @@ from fedsim.results.images import save_grid
 from fedsim.results.plots import save_accuracy_curves, save_loss_curves
 from fedsim.results.round_plots import save_round_plots
 from fedsim.results.run_lock import RunDirectoryInUse, RunLock
-from fedsim.results.store import ResultsStore, atomic_write
+from fedsim.results.store import ResultsStore, atomic_write, is_results_file
 from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
 from fedsim.results.table import POINT_COLUMNS, point_rows, rich_table, short_point, summarise
@@ -243,9 +243,7 @@ def check_resumable(run_dir: Path, trials: list[Trial], source: str) -> None:
     results = _read_json(run_dir / "results.json")
     resolved = _read_json(run_dir / "scenario.resolved.json")
     if not (
-        isinstance(results, dict)
-        and isinstance(results.get("trials"), list)
-        and isinstance(results.get("records"), list)
+        is_results_file(results)
         and isinstance(resolved, dict)
         and isinstance(resolved.get("trials"), list)
     ):

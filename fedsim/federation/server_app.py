@@ -81,7 +81,7 @@ class AttackedFedAvg(FedAvg):
             min_available_nodes=fed.clients_per_round,
         )
         self.scenario, self.tap, self.nodes, self.failures = scenario, tap, nodes, failures
-        self.sent = sent
+        self.report_sent = sent
         self.scenario_json = scenario.model_dump_json()
         self.aggregation = ServerAggregation(scenario, noise)
         self._start: Update = {}
@@ -126,7 +126,7 @@ class AttackedFedAvg(FedAvg):
         if failures:
             self.failures(failures)
         answered = [m for m in replies if not m.has_error()]
-        self.sent(set().union(*(reply_contents(m) for m in answered)))
+        self.report_sent(set().union(*(reply_contents(m) for m in answered)))
         uploads = [_upload(m) for m in answered]
         if self.nodes.stand_ins:
             for m in replies:

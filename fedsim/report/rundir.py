@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim.results.store import read_results
+from fedsim.results.store import is_results_file, read_results
 
 
 class ReportError(Exception):
@@ -65,6 +65,6 @@ def load_run(run_dir: Path) -> RunFiles:
         scenario_text = _optional_text(run_dir / "scenario.toml")
     except (OSError, ValueError) as exc:
         raise ReportError(f"{run_dir}: cannot read the results: {exc}") from None
-    if not isinstance(results, dict) or not {"trials", "records"} <= results.keys():
+    if not is_results_file(results):
         raise ReportError(f"{run_dir}: results.json is not a fedsim results file")
     return RunFiles(run_dir, results, scenario_text, resolved)

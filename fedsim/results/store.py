@@ -145,6 +145,16 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     return _from_json_safe(json.loads((run_dir / "results.json").read_text(encoding="utf-8")))
 
 
+def is_results_file(data: Any) -> bool:
+    """Whether ``data`` (a parsed ``results.json``) has the outer shape fedsim writes:
+    a table whose ``trials`` and ``records`` are arrays."""
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("trials"), list)
+        and isinstance(data.get("records"), list)
+    )
+
+
 def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
