@@ -223,7 +223,7 @@ def tap_records(perceptual: dict[str, object], run_dir: Path) -> dict[str, objec
     tap = AttackTap(trial, data, factory, store, run_dir, torch.device("cpu"), SharedTruthScorer())
     upload = ClientUpload(0, update, 1, 1, 1, metrics, truth)
     tap.on_round(1, start, [upload], update)
-    return store.data
+    return store.data.model_dump()
 
 
 @pytest.mark.slow
