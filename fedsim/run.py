@@ -46,7 +46,7 @@ from fedsim.results.images import save_grid
 from fedsim.results.plots import save_accuracy_curves, save_loss_curves
 from fedsim.results.round_plots import save_round_plots
 from fedsim.results.run_lock import RunDirectoryInUse, RunLock
-from fedsim.results.schema import ResultsFileError, RunResults, parse_results
+from fedsim.results.schema import NewerSchemaError, ResultsFileError, RunResults, parse_results
 from fedsim.results.store import ResultsStore, atomic_write
 from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
@@ -243,9 +243,12 @@ def check_resumable(run_dir: Path, trials: list[Trial], source: str) -> None:
     """
     try:
         parse_results(_read_json(run_dir / "results.json"))
+    except NewerSchemaError as exc:
+        raise RunError(f"{run_dir}: results.json {exc}; it cannot be resumed") from None
     except ResultsFileError as exc:
         raise RunError(
-            f"{run_dir}: results.json cannot be resumed ({exc}): start a new run"
+            f"{run_dir}: results.json is not what fedsim wrote ({exc}); it cannot be resumed: "
+            "start a new run"
         ) from None
     resolved = _read_json(run_dir / "scenario.resolved.json")
     if not (isinstance(resolved, dict) and isinstance(resolved.get("trials"), list)):

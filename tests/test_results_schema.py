@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.cli import main
 from fedsim.results.schema import (
     SCHEMA_VERSION,
     ImageResult,
@@ -92,7 +93,22 @@ def test_a_newer_schema_version_is_refused_in_one_line(tmp_path: Path, version: 
     with pytest.raises(ResultsFileError) as refused:
         parse_results(raw)
     (line,) = str(refused.value).splitlines()
-    assert f"schema_version {version} is newer than this fedsim reads ({SCHEMA_VERSION})" in line
+    assert f"has schema_version {version}, newer than this fedsim reads ({SCHEMA_VERSION})" in line
+
+
+def test_the_report_of_a_newer_schema_version_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_run(tmp_path)
+    raw = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    (tmp_path / "results.json").write_text(json.dumps({**raw, "schema_version": 2}), "utf-8")
+    assert main(["report", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"fedsim: {tmp_path}: results.json has schema_version 2, newer than this fedsim reads "
+        "(1): upgrade fedsim to read it"
+    )
+    assert not (tmp_path / "report.html").exists()
 
 
 def test_a_malformed_file_names_where_in_one_line() -> None:

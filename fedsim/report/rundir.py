@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim.results.schema import ResultsFileError, RunResults
+from fedsim.results.schema import NewerSchemaError, ResultsFileError, RunResults
 from fedsim.results.store import read_results
 
 
@@ -66,6 +66,8 @@ def load_run(run_dir: Path) -> RunFiles:
         resolved_text = _optional_text(run_dir / "scenario.resolved.json")
         resolved = json.loads(resolved_text) if resolved_text is not None else None
         scenario_text = _optional_text(run_dir / "scenario.toml")
+    except NewerSchemaError as exc:
+        raise ReportError(f"{run_dir}: results.json {exc}") from None
     except ResultsFileError as exc:
         raise ReportError(f"{run_dir}: results.json is not a fedsim results file ({exc})") from None
     except (OSError, ValueError) as exc:

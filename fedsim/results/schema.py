@@ -33,7 +33,13 @@ SCHEMA_VERSION = 1
 
 
 class ResultsFileError(ValueError):
-    """A parsed ``results.json`` is not one fedsim can read; the message is one line."""
+    """A parsed ``results.json`` does not have the shape fedsim writes; the message is
+    one line naming where."""
+
+
+class NewerSchemaError(ResultsFileError):
+    """A ``results.json`` of a newer schema version than this fedsim reads; the message
+    (one line) completes ``results.json …``."""
 
 
 class _Stored(BaseModel):
@@ -323,15 +329,15 @@ def parse_results(data: Any) -> RunResults:
     a file without ``schema_version`` is read as version 1.
 
     Raises:
-        ResultsFileError: its ``schema_version`` is newer than :data:`SCHEMA_VERSION`,
-            or it does not have the shape of :class:`RunResults` (one line naming where).
+        NewerSchemaError: its ``schema_version`` is newer than :data:`SCHEMA_VERSION`.
+        ResultsFileError: it does not have the shape of :class:`RunResults`.
     """
     if not isinstance(data, dict):
         raise ResultsFileError(f"not a JSON object but {type(data).__name__}")
     version = data.get("schema_version", 1)
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-        raise ResultsFileError(
-            f"schema_version {version} is newer than this fedsim reads ({SCHEMA_VERSION}): "
+        raise NewerSchemaError(
+            f"has schema_version {version}, newer than this fedsim reads ({SCHEMA_VERSION}): "
             "upgrade fedsim to read it"
         )
     try:
