@@ -117,13 +117,13 @@ def run_fedsim(num_clients: int, folder: Path) -> Measurement:
         status = run_trials(run, one, failed)
         finish_run(run, status)
         wall = time.perf_counter() - start
-    accuracy = run.store.data["trials"][0]["accuracy"]
+    accuracy = run.store.data.trials[0].accuracy
     return Measurement(
         wall,
         clock.rounds_per_second(),
         clock.cpu_per_round(),
         tree.peak_mib,
-        accuracy[max(accuracy, key=int)],
+        accuracy[max(accuracy)],
     )
 
 

@@ -46,7 +46,8 @@ from fedsim.results.images import save_grid
 from fedsim.results.plots import save_accuracy_curves, save_loss_curves
 from fedsim.results.round_plots import save_round_plots
 from fedsim.results.run_lock import RunDirectoryInUse, RunLock
-from fedsim.results.store import ResultsStore, atomic_write, is_results_file
+from fedsim.results.schema import NewerSchemaError, ResultsFileError, RunResults, parse_results
+from fedsim.results.store import ResultsStore, atomic_write
 from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
 from fedsim.results.table import POINT_COLUMNS, point_rows, rich_table, short_point, summarise
@@ -167,19 +168,19 @@ def new_run_dir(out: Path | None, base: Path, name: str) -> Path:
     raise RunError(f"cannot create a new run directory under {base}")
 
 
-def grid_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def grid_rows(results: RunResults) -> list[dict[str, Any]]:
     rows = []
-    for rec in results["records"]:
-        if rec["status"] != "ok" or not rec["images"] or rec["images"][0]["original_png"] is None:
+    for rec in results.records:
+        if rec.status != "ok" or not rec.images or rec.images[0].original_png is None:
             continue
-        point = short_point(rec["point"])
-        who = "agg" if rec["client"] is None else f"c{rec['client']}"
+        point = short_point(rec.point)
+        who = "agg" if rec.client is None else f"c{rec.client}"
         rows.append(
             {
-                "title": f"{point}\n{rec['attack']} r{rec['round']} {who}".strip(),
+                "title": f"{point}\n{rec.attack} r{rec.round} {who}".strip(),
                 "pairs": [
-                    (im["original_png"], im["reconstruction_png"], f"{im['psnr']:.1f} dB")
-                    for im in rec["images"]
+                    (im.original_png, im.reconstruction_png, f"{im.psnr:.1f} dB")
+                    for im in rec.images
                 ],
             }
         )
@@ -240,13 +241,17 @@ def check_resumable(run_dir: Path, trials: list[Trial], source: str) -> None:
 
     The output section is not compared (it does not change what a point computes).
     """
-    results = _read_json(run_dir / "results.json")
+    try:
+        parse_results(_read_json(run_dir / "results.json"))
+    except NewerSchemaError as exc:
+        raise RunError(f"{run_dir}: results.json {exc}; it cannot be resumed") from None
+    except ResultsFileError as exc:
+        raise RunError(
+            f"{run_dir}: results.json is not what fedsim wrote ({exc}); it cannot be resumed: "
+            "start a new run"
+        ) from None
     resolved = _read_json(run_dir / "scenario.resolved.json")
-    if not (
-        is_results_file(results)
-        and isinstance(resolved, dict)
-        and isinstance(resolved.get("trials"), list)
-    ):
+    if not (isinstance(resolved, dict) and isinstance(resolved.get("trials"), list)):
         raise RunError(
             f"{run_dir}: results.json or scenario.resolved.json is not what fedsim wrote; "
             "it cannot be resumed: start a new run"
@@ -289,9 +294,9 @@ def write_outputs(store: ResultsStore, run_dir: Path) -> None:
     save_grid(grid_rows(store.data), run_dir, run_dir / "grid.png")
     if (run_dir / "grid.png").is_file():
         plots.append({"path": "grid.png", "title": "originals beside reconstructions"})
-    if save_loss_curves(store.data["records"], run_dir / "loss_curves.png"):
+    if save_loss_curves(store.data.records, run_dir / "loss_curves.png"):
         plots.append({"path": "loss_curves.png", "title": "attack loss curves"})
-    if save_accuracy_curves(store.data["trials"], run_dir / "accuracy.png"):
+    if save_accuracy_curves(store.data.trials, run_dir / "accuracy.png"):
         plots.append({"path": "accuracy.png", "title": "test accuracy per round"})
     atomic_write(run_dir / "sweep.csv", sweep_csv(store.data))
     plots += save_sweep_plots(store.data, run_dir)
@@ -409,8 +414,7 @@ def open_run(
     store = ResultsStore(run_dir, first.name, engine, scoring, GROUND_TRUTH_NOTES[scoring])
     if checked.audits:
         (run_dir / "audit.json").write_text(audits_json(checked.audits), encoding="utf-8")
-        store.data["audit"] = [a.to_json() for a in checked.audits]
-        store.save()
+        store.set_audit([a.to_json() for a in checked.audits])
     started = time.perf_counter()
     return PreparedRun(path, trials, run_dir, store, lock, started, audits=checked.audits)
 
@@ -479,8 +483,7 @@ def finish_run(
     """Close the store with ``status`` (wall time added to a resumed run's), write
     the PNGs, ``sweep.csv``, the plots list and ``report.html`` (``say`` tells where,
     or warns), and unlock the run directory; returns the summary table's rows."""
-    data = run.store.data
-    data["wall_seconds"] = data.get("wall_seconds", 0.0) + time.perf_counter() - run.started
+    run.store.add_wall_seconds(time.perf_counter() - run.started)
     run.store.close(status, reason)
     try:
         write_outputs(run.store, run.run_dir)
@@ -579,7 +582,7 @@ def _run_points(run: PreparedRun, console: Console, scoring: ScoringMode) -> str
         return run_trials(run, one, failed)
 
 
-def unavailable_metrics(results: dict[str, Any]) -> set[str]:
+def unavailable_metrics(results: RunResults) -> set[str]:
     """Why the trials' optional relative-perceptual-L1 could not be computed (if asked for)."""
-    infos = [t.get("rel_perceptual_l1") for t in results["trials"]]
-    return {i["reason"] for i in infos if i is not None and i["status"] == "unavailable"}
+    infos = [t.rel_perceptual_l1 for t in results.trials]
+    return {i.reason or "" for i in infos if i is not None and i.status == "unavailable"}

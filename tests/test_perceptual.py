@@ -33,6 +33,7 @@ from fedsim.perceptual import (
     normalised_features,
     relative_perceptual_l1,
 )
+from fedsim.results.schema import RunResults
 from fedsim.results.store import ResultsStore
 from fedsim.results.table import columns, summarise
 from fedsim.run import unavailable_metrics
@@ -203,7 +204,7 @@ def test_missing_weights_file_is_a_scenario_error(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- in a run's records
 
 
-def tap_records(perceptual: dict[str, object], run_dir: Path) -> dict[str, object]:
+def tap_records(perceptual: dict[str, object], run_dir: Path) -> RunResults:
     """One attack on one real FedSGD upload through the attack tap (no Flower)."""
     raw = {
         "data": {"dataset": "digits", "image_size": 16},
@@ -237,18 +238,20 @@ def test_records_carry_the_metric_or_why_not(
     scored = tap_records({"weights": str(vgg_files[0]), **common}, tmp_path / "a")
     missing = tap_records(common, tmp_path / "b")
 
-    (record,) = scored["records"]
-    assert record["status"] == "ok"
-    assert record["metrics"]["rel_perceptual_l1"] > 0
-    assert record["images"][0]["rel_perceptual_l1"] == record["metrics"]["rel_perceptual_l1"]
-    assert scored["trials"][0]["rel_perceptual_l1"]["status"] == "available"
+    (record,) = scored.records
+    assert record.status == "ok"
+    value = record.metrics["rel_perceptual_l1"]
+    assert value is not None and value > 0
+    assert record.images[0].rel_perceptual_l1 == value
+    info = scored.trials[0].rel_perceptual_l1
+    assert info is not None and info.status == "available"
     row = next(csv.DictReader(io.StringIO((tmp_path / "a" / "metrics.csv").read_text("utf-8"))))
-    assert float(row["rel_perceptual_l1"]) == pytest.approx(record["metrics"]["rel_perceptual_l1"])
+    assert float(row["rel_perceptual_l1"]) == pytest.approx(value)
     assert "rel_perceptual_l1" in columns(summarise(scored))
 
-    (record,) = missing["records"]
-    assert record["status"] == "ok" and record["metrics"]["psnr"] is not None
-    assert record["metrics"]["rel_perceptual_l1"] is None
+    (record,) = missing.records
+    assert record.status == "ok" and record.metrics["psnr"] is not None
+    assert record.metrics["rel_perceptual_l1"] is None
     (reason,) = unavailable_metrics(missing)
     assert "no VGG-19 weights" in reason
     assert "rel_perceptual_l1" not in columns(summarise(missing))

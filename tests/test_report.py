@@ -23,6 +23,7 @@ from fedsim.federation.setup import federated_data
 from fedsim.metrics import score_batch
 from fedsim.report.leakage import format_psnr
 from fedsim.results.images import save_png
+from fedsim.results.schema import ImageResult, RunResults
 from fedsim.results.store import Record, ResultsStore, read_results
 from fedsim.run import run_scenario
 from fedsim.scenario import Trial
@@ -109,16 +110,18 @@ def fake_federation(
                 save_png(originals[score.original_index], run_dir / f"{stem}_original.png")
                 save_png(guesses[k], run_dir / f"{stem}_reconstruction.png")
                 record.images.append(
-                    {
-                        **score.as_dict(),
-                        "original_png": f"{stem}_original.png",
-                        "reconstruction_png": f"{stem}_reconstruction.png",
-                    }
+                    ImageResult.model_validate(
+                        {
+                            **score.as_dict(),
+                            "original_png": f"{stem}_original.png",
+                            "reconstruction_png": f"{stem}_reconstruction.png",
+                        }
+                    )
                 )
             record.metrics = {
-                "psnr": sum(i["psnr"] for i in record.images) / BATCH,
-                "ssim": sum(i["ssim"] for i in record.images) / BATCH,
-                "mse": sum(i["mse"] for i in record.images) / BATCH,
+                "psnr": sum(i.psnr for i in record.images) / BATCH,
+                "ssim": sum(i.ssim for i in record.images) / BATCH,
+                "mse": sum(i.mse for i in record.images) / BATCH,
                 "label_accuracy": 1.0,
                 "success": 0.0,
             }
@@ -139,20 +142,20 @@ def big_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def results_of(run_dir: Path) -> dict[str, Any]:
+def results_of(run_dir: Path) -> RunResults:
     return read_results(run_dir)
 
 
 def test_every_reconstruction_is_on_the_page_with_its_scores(big_run: Path) -> None:
     page = (big_run / "report.html").read_text(encoding="utf-8")
     results = results_of(big_run)
-    images = [im for r in results["records"] for im in r["images"]]
+    images = [im for r in results.records for im in r.images]
     assert len(images) == 10 * 5 * BATCH - 2 * BATCH  # two records failed
     # every original and reconstruction embedded, once in the gallery
     assert page.count('alt="reconstruction ') == len(images)
     assert page.count('alt="original ') == len(images)
     for im in images[:: BATCH * 3]:
-        assert f"{format_psnr(im['psnr'])}</b> · SSIM {im['ssim']:.3f}" in page
+        assert f"{format_psnr(im.psnr)}</b> · SSIM {im.ssim:.3f}" in page
     # one collapsible section per point; only the first opened, so the page stays short
     assert page.count('<details class="point" open>') == 1
     assert page.count('<details class="point"') == len(SIGMAS)
@@ -206,7 +209,7 @@ def test_a_report_that_fails_never_loses_the_results(
     console = Console(record=True, width=300)
     run_dir, status = run_scenario(source, [], tmp_path / "run", console)
     assert status == "complete" and not (run_dir / "report.html").exists()
-    assert len(results_of(run_dir)["records"]) == len(ATTACKS)
+    assert len(results_of(run_dir).records) == len(ATTACKS)
     assert (
         "warning: report.html not written (KeyError: 'psnr'); the results are saved; "
         f"retry with: fedsim report {run_dir}"
@@ -217,7 +220,7 @@ def test_page_renders_in_chromium(big_run: Path, tmp_path: Path) -> None:
     rendered = render(big_run / "report.html")
     assert rendered.errors == []
     assert rendered.broken == []
-    plots = len(results_of(big_run)["plots"]) - 1  # grid.png is not repeated
+    plots = len(results_of(big_run).plots or []) - 1  # grid.png is not repeated
     strip = len(ATTACKS) * (1 + len(SIGMAS)) - len(FAILURES)  # a failed attack has no image
     assert rendered.images == 2 * (10 * 5 - 2) * BATCH + strip + plots
     shot = screenshot(big_run / "report.html", tmp_path / "page.png")
@@ -244,14 +247,14 @@ def test_audit_table_and_advice_are_shown(tmp_path: Path, monkeypatch: pytest.Mo
     source.write_text(audited, encoding="utf-8")
     monkeypatch.setattr(runner, "run_trial", fake_federation)
     run_dir, _ = run_scenario(source, [], tmp_path / "run", Console(quiet=True))
-    (audit,) = results_of(run_dir)["audit"]
+    (audit,) = results_of(run_dir).audit or []
     page = (run_dir / "report.html").read_text(encoding="utf-8")
     section = page[page.index('id="audit"') : page.index('id="leakage"')]
-    assert f'c(M) = <b class="big">{audit["c_m"]:.1f}</b>' in section
-    (layer,) = audit["layers"]
-    assert f"<td>{layer['index']} {layer['name']}: {layer['conv']}</td>" in section
-    assert f"<td>{layer['rank']}</td>" in section
-    for line in audit["advice"]:
+    assert f'c(M) = <b class="big">{audit.c_m:.1f}</b>' in section
+    (layer,) = audit.layers
+    assert f"<td>{layer.index} {layer.name}: {layer.conv}</td>" in section
+    assert f"<td>{layer.rank}</td>" in section
+    for line in audit.advice:
         assert f"<li>{escape(line)}</li>" in section
 
 

@@ -31,6 +31,7 @@ from fedsim.federation.observer import run_attack
 from fedsim.metrics import score_batch
 from fedsim.registry import instantiate_attack
 from fedsim.results.images import save_png
+from fedsim.results.schema import ImageResult
 from fedsim.results.store import Record, ResultsStore, read_results
 from fedsim.run import run_scenario
 from fedsim.scenario import Trial
@@ -165,11 +166,13 @@ def fake_federation(
                 save_png(originals[score.original_index], run_dir / f"{stem}_original.png")
                 save_png(guesses[k], run_dir / f"{stem}_reconstruction.png")
                 record.images.append(
-                    {
-                        **score.as_dict(),
-                        "original_png": f"{stem}_original.png",
-                        "reconstruction_png": f"{stem}_reconstruction.png",
-                    }
+                    ImageResult.model_validate(
+                        {
+                            **score.as_dict(),
+                            "original_png": f"{stem}_original.png",
+                            "reconstruction_png": f"{stem}_reconstruction.png",
+                        }
+                    )
                 )
             record.metrics = {"psnr": 20.0, "ssim": 0.5, "mse": 0.01, "label_accuracy": 1.0}
         store.add(record)
@@ -202,8 +205,8 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
 def test_hostile_text_is_shown_as_text_and_never_runs(hostile_run: Path) -> None:
     page = (hostile_run / "report.html").read_text(encoding="utf-8")
     results = read_results(hostile_run)
-    failed = next(r for r in results["records"] if r["status"] != "ok")
-    assert failed["reason"] == f"{ERROR_CLASS}: the attack broke"  # the plugin's class name
+    failed = next(r for r in results.records if r.status != "ok")
+    assert failed.reason == f"{ERROR_CLASS}: the attack broke"  # the plugin's class name
     assert "<script" not in page and "<img src=x" not in page
     # The page forbids every script itself, too (the browser check below takes that out).
     assert (
@@ -213,7 +216,7 @@ def test_hostile_text_is_shown_as_text_and_never_runs(hostile_run: Path) -> None
     rendered = render(hostile_run / "report.html")
     assert rendered.title == f"fedsim report: {NAME}"
     assert rendered.errors == [] and rendered.broken == []
-    plots = [p for p in results["plots"] if p["path"] != "grid.png"]
+    plots = [p for p in results.plots or [] if p.path != "grid.png"]
     assert rendered.images == 2 * BATCH + len(plots)
     for text in HOSTILE:
         assert text in rendered.text, text
@@ -316,9 +319,12 @@ def uri(png: Path) -> str:
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [
-        (lambda r: r["records"][0].pop("images"), "KeyError: missing key 'images'"),
-        (lambda r: r["records"][0]["images"][0].update(original_png=7), "TypeError"),
-        (lambda r: r["trials"].__setitem__(0, "a string"), "TypeError: string indices"),
+        (lambda r: r["records"][0].pop("attack"), "records.0.attack: Field required"),
+        (
+            lambda r: r["records"][0]["images"][0].update(original_png=7),
+            "records.0.images.0.original_png: Input should be a valid string",
+        ),
+        (lambda r: r["trials"].__setitem__(0, "a string"), "trials.0: Input should be"),
     ],
     ids=["missing-key", "path-not-a-string", "trial-not-a-table"],
 )

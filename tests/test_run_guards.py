@@ -8,6 +8,7 @@ once, or fails, so these tests take a second.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -126,6 +127,39 @@ def test_resume_of_a_truncated_results_json_is_one_line(
     line = one_error_line(capsys)
     assert line.startswith(f"fedsim: {run_dir}: results.json is damaged (")
     assert line.endswith("it cannot be resumed: start a new run")
+
+
+@pytest.mark.usefixtures("fake")
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"schema_version": 99},
+            "results.json has schema_version 99, newer than this fedsim reads (1): upgrade "
+            "fedsim to read it; it cannot be resumed",
+        ),
+        (
+            {"trials": [{"index": "first"}]},
+            "results.json is not what fedsim wrote (trials.0.index: Input should be a valid "
+            "integer, unable to parse string as an integer (and 2 more)); it cannot be resumed: "
+            "start a new run",
+        ),
+    ],
+    ids=["newer-schema", "malformed"],
+)
+def test_resume_of_a_results_json_fedsim_cannot_read_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], expected: str
+) -> None:
+    source, run_dir = scenario(tmp_path), tmp_path / "run"
+    assert main(["run", str(source), "--out", str(run_dir)]) == 0
+    results = run_dir / "results.json"
+    before = json.loads(results.read_text(encoding="utf-8"))
+    results.write_text(json.dumps({**before, **change}), encoding="utf-8")
+    capsys.readouterr()
+
+    assert main(["run", str(source), "--resume", str(run_dir)]) == 2
+
+    assert one_error_line(capsys) == f"fedsim: {run_dir}: {expected}"
 
 
 # ---------------------------------------------------------------- the scenario file

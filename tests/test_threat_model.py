@@ -23,6 +23,7 @@ from fedsim.metrics import psnr
 from fedsim.models.start import start_model
 from fedsim.models.zoo import build_model
 from fedsim.results.round_plots import round_rows, save_round_plots
+from fedsim.results.schema import parse_results
 from fedsim.scenario import expand
 from fedsim.threat import DEFAULT_KNOWLEDGE, sok_class
 
@@ -149,15 +150,16 @@ def test_one_unrolled_step_is_the_gradient() -> None:
 def test_leakage_over_rounds_table_and_plot(tmp_path: Path) -> None:
     def record(server_round: int, index: int, value: float) -> dict[str, object]:
         return {
-            "trial": 0, "round": server_round, "attack_index": index, "attack": f"a{index}",
-            "position": "server", "status": "ok",
-            "metrics": {"psnr": value, "ssim": 0.5, "success": float(value >= 30)},
+            "trial": 0, "point": {}, "round": server_round, "client": 0, "attack_index": index,
+            "attack": f"a{index}", "position": "server", "update_kind": "gradient",
+            "status": "ok", "metrics": {"psnr": value, "ssim": 0.5, "success": float(value >= 30)},
         }  # fmt: skip
 
-    results = {
-        "trials": [{"index": 0, "point": {}, "accuracy": {"1": 0.1, "2": 0.4, "3": 0.7}}],
+    results = parse_results({
+        "trials": [{"index": 0, "point": {}, "status": "complete",
+                    "accuracy": {"1": 0.1, "2": 0.4, "3": 0.7}}],
         "records": [record(1, 0, 40.0), record(1, 0, 20.0), record(3, 0, 12.0), record(1, 1, 9.0)],
-    }
+    })  # fmt: skip
     rows = round_rows(results)
     assert [(r["round"], r["attack_index"], r["psnr"], r["records"]) for r in rows] == [
         (1, 0, 30.0, 2), (1, 1, 9.0, 1), (3, 0, 12.0, 1),

@@ -30,6 +30,7 @@ from fedsim.metrics import SUCCESS_PSNR, match_scores
 from fedsim.perceptual import PerceptualMetric, build_perceptual_metric
 from fedsim.registry import instantiate_attack
 from fedsim.results.images import save_png
+from fedsim.results.schema import ImageResult, ThreatRecord
 from fedsim.results.store import Record, ResultsStore
 from fedsim.scenario import AttackConfig, DataConfig, PerceptualConfig, Scenario, Trial
 from fedsim.threat import threat_model_record
@@ -294,10 +295,12 @@ class AttackTap:
             diagnostics=result.diagnostics,
             defence_measurements=defence_measurements(measured),
             attack_seconds=seconds,
-            threat_model=threat_model_record(
-                config.position,
-                config.knowledge,
-                attack.uses | attack.knowledge_needed(observation.kind),
+            threat_model=ThreatRecord.model_validate(
+                threat_model_record(
+                    config.position,
+                    config.knowledge,
+                    attack.uses | attack.knowledge_needed(observation.kind),
+                )
             ),
         )
         if result.status != "ok":
@@ -330,7 +333,13 @@ class AttackTap:
                     original = f"images/{stem}_{k}_original.png"
                     save_png(scored.originals[score.original_index], self.run_dir / original)
             record.images.append(
-                {**score.as_dict(), "original_png": original, "reconstruction_png": reconstruction}
+                ImageResult.model_validate(
+                    {
+                        **score.as_dict(),
+                        "original_png": original,
+                        "reconstruction_png": reconstruction,
+                    }
+                )
             )
             if self.perceptual is not None and scored.originals is not None:
                 perceptual.append(
@@ -339,7 +348,7 @@ class AttackTap:
                         result.images[k].detach().clamp(0, 1).cpu().numpy(),  # type: ignore[index]
                     )
                 )
-                record.images[-1]["rel_perceptual_l1"] = perceptual[-1]
+                record.images[-1].rel_perceptual_l1 = perceptual[-1]
         labelled = [s.label_correct for s in scores if s.label_correct is not None]
         record.metrics = {
             "psnr": float(np.mean([s.psnr for s in scores])),

@@ -274,7 +274,7 @@ def run_federation(
             nodes,
             on_failures,
             lambda names: store.add_client_sent(trial.index, names),
-            store.data["client_noise"],
+            store.client_noise,
         ).start(
             grid=grid,
             initial_arrays=ArrayRecord.from_torch_state_dict(model.state_dict()),

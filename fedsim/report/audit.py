@@ -1,11 +1,11 @@
-"""The c(M) architecture audit (``results.json["audit"]``), as a table with its advice."""
+"""The c(M) architecture audit (``results.json``'s ``audit``), as a table with its advice."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from fedsim.report.view import Table
+from fedsim.results.schema import Audit, RunResults
 
 HEADERS = [
     "layer",
@@ -34,40 +34,40 @@ class AuditView:
     advice: list[str]
 
 
-def audit_view(audit: dict[str, Any]) -> AuditView:
+def audit_view(audit: Audit) -> AuditView:
     """One model's audit: c(M), the per-layer table, warnings, notes and advice."""
-    shape = "×".join(str(s) for s in audit["input_shape"])
-    title = f"{audit['model']} on {shape} inputs"
-    if audit.get("point", "-") != "-":
-        title += f" [{audit['point']}]"
+    shape = "×".join(str(s) for s in audit.input_shape)
+    title = f"{audit.model} on {shape} inputs"
+    if audit.point != "-":
+        title += f" [{audit.point}]"
     rows = [
         [
-            f"{a['index']} {a['name']}: {a['conv']}",
-            a["n"],
-            a["z"],
-            a["w"],
-            a["rank"],
-            a["count"],
-            a["deficit"],
-            f"{a['weight']:.2f}",
-            f"{a['contribution']:.1f}",
+            f"{a.index} {a.name}: {a.conv}",
+            a.n,
+            a.z,
+            a.w,
+            a.rank,
+            a.count,
+            a.deficit,
+            f"{a.weight:.2f}",
+            f"{a.contribution:.1f}",
         ]
-        for a in audit["layers"]
+        for a in audit.layers
     ]
     notes = [
-        *(("warning", w) for w in audit.get("warnings", [])),
-        *(("note", n) for n in audit.get("notes", [])),
+        *(("warning", w) for w in audit.warnings),
+        *(("note", n) for n in audit.notes),
     ]
     return AuditView(
         title,
-        f"{audit['c_m']:.1f}",
-        str(audit["sample"]),
+        f"{audit.c_m:.1f}",
+        audit.sample,
         Table.of(HEADERS, rows, "numbers") if rows else None,
         notes,
-        list(audit.get("advice", [])),
+        list(audit.advice),
     )
 
 
-def audits(results: dict[str, Any]) -> list[AuditView]:
+def audits(results: RunResults) -> list[AuditView]:
     """Every audited model (none when no audit ran)."""
-    return [audit_view(a) for a in results.get("audit") or []]
+    return [audit_view(a) for a in results.audit or []]

@@ -1,12 +1,12 @@
-"""The run's plots (listed in ``results.json["plots"]``), each with what it shows."""
+"""The run's plots (listed in ``results.json``'s ``plots``), each with what it shows."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from fedsim.metrics import SUCCESS_PSNR
 from fedsim.report.embed import Embedder, Picture
+from fedsim.results.schema import RunResults
 
 EXPLANATIONS = {
     "sweep_leakage.png": "How much each attack recovered at each value of the swept parameter "
@@ -50,15 +50,11 @@ class Figure:
         return self.picture.width > WIDE * self.picture.height
 
 
-def plots(embed: Embedder, results: dict[str, Any], names: tuple[str, ...] | None) -> list[Figure]:
+def plots(embed: Embedder, results: RunResults, names: tuple[str, ...] | None) -> list[Figure]:
     """The listed plots among ``names`` (all the others when ``None``), in that order."""
-    listed = results.get("plots", [])
+    listed = results.plots or []
     known = (*SWEEP, "accuracy.png", "loss_curves.png", *SHOWN_ELSEWHERE)
-    chosen = [
-        p for p in listed if (p["path"] in names if names is not None else p["path"] not in known)
-    ]
+    chosen = [p for p in listed if (p.path in names if names is not None else p.path not in known)]
     if names is not None:
-        chosen.sort(key=lambda p: names.index(p["path"]))
-    return [
-        Figure(embed.image(p["path"]), p["title"], EXPLANATIONS.get(p["path"], "")) for p in chosen
-    ]
+        chosen.sort(key=lambda p: names.index(p.path))
+    return [Figure(embed.image(p.path), p.title, EXPLANATIONS.get(p.path, "")) for p in chosen]

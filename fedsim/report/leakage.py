@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from fedsim.metrics import SUCCESS_PSNR
 from fedsim.report.view import Cell, Table
+from fedsim.results.schema import Record, RunResults
 from fedsim.results.table import POINT_COLUMNS, format_cell, point_rows, short_point, summarise
 
 RECOGNISABLE_PSNR = 25.0
@@ -125,7 +125,7 @@ def _psnr_cell(psnr: float | None) -> Cell:
     return Cell(shown.text, shown.css, title=shown.words)
 
 
-def attack_table(results: dict[str, Any]) -> Table | None:
+def attack_table(results: RunResults) -> Table | None:
     """One row per (sweep point, attack): leakage, its success, accuracy and ε (``None``
     when no attack ran)."""
     rows = summarise(results)
@@ -168,7 +168,7 @@ def attack_table(results: dict[str, Any]) -> Table | None:
     return Table.of(headers, body, "numbers")
 
 
-def point_table(results: dict[str, Any]) -> Table | None:
+def point_table(results: RunResults) -> Table | None:
     """One row per sweep point (accuracy, ε, noise) when a defence measured something;
     the columns no point has a value for are left out."""
     rows = point_rows(results)
@@ -184,14 +184,23 @@ def point_table(results: dict[str, Any]) -> Table | None:
     )
 
 
-def scored(results: dict[str, Any]) -> list[dict[str, Any]]:
+def scored(results: RunResults) -> list[Record]:
     """The records that were scored (status ``ok`` with metrics)."""
-    return [r for r in results["records"] if r["status"] == "ok" and r["metrics"]]
+    return [r for r in results.records if r.status == "ok" and r.metrics]
 
 
-def best_image_psnr(record: dict[str, Any]) -> float:
-    """The highest PSNR among a scored record's images (its batch mean if none are listed)."""
-    return max((im["psnr"] for im in record["images"]), default=record["metrics"]["psnr"])
+def best_image_psnr(record: Record) -> float:
+    """The highest PSNR among a scored record's images (its batch mean if none are listed).
+
+    Raises:
+        ValueError: the record has neither images nor a batch-mean PSNR.
+    """
+    if record.images:
+        return max(im.psnr for im in record.images)
+    batch_mean = record.metrics.get("psnr")
+    if batch_mean is None:
+        raise ValueError(f"record of {record.attack} in round {record.round} has no PSNR")
+    return batch_mean
 
 
 @dataclass(frozen=True)
@@ -206,28 +215,28 @@ class Best:
     point: str
 
 
-def findings(results: dict[str, Any]) -> list[Best | str]:
+def findings(results: RunResults) -> list[Best | str]:
     """A few sentences a newcomer can read first: what leaked most, where nothing leaked."""
     lines: list[Best | str] = []
     ok = scored(results)
-    for position in sorted({r["position"] for r in ok}):
-        best = max((r for r in ok if r["position"] == position), key=best_image_psnr)
+    for position in sorted({r.position for r in ok}):
+        best = max((r for r in ok if r.position == position), key=best_image_psnr)
         lines.append(
             Best(
                 POSITIONS.get(position, position),
                 score(best_image_psnr(best)),
-                best["attack"],
-                best["round"],
-                short_point(best["point"]) if best["point"] else "",
+                best.attack,
+                best.round,
+                short_point(best.point) if best.point else "",
             )
         )
-    points = {t["index"]: t for t in results["trials"]}
+    points = {t.index: t for t in results.trials}
     if len(points) > 1 and ok:
         safe = []
         for index, trial in points.items():
-            mine = [best_image_psnr(r) for r in ok if r["trial"] == index]
+            mine = [best_image_psnr(r) for r in ok if r.trial == index]
             if mine and max(mine) < RECOGNISABLE_PSNR:
-                safe.append(short_point(trial["point"]))
+                safe.append(short_point(trial.point))
         if safe:
             lines.append(
                 "Settings where no attack produced a recognisable image (every "

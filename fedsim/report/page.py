@@ -82,9 +82,9 @@ def build_page(run: RunFiles) -> str:
     sections.insert(1, Section("problems", f"Problems ({len(found)})", "problems.html", found))
     return render(
         "page.html",
-        name=results.get("scenario", run.path.name),
-        status=results.get("status", "running"),
-        on_client=results.get("ground_truth") == "on-client",
+        name=results.scenario or run.path.name,
+        status=results.status,
+        on_client=results.ground_truth == "on-client",
         sections=[s for s in sections if s.data or not s.optional],
         version=fedsim.__version__,
         run_dir=str(run.path),

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
+from fedsim.results.schema import RunResults
 from fedsim.results.table import short_point
 
 RUN_STATUS = {
@@ -35,38 +35,38 @@ def _point(trial_points: dict[int, str], index: int) -> str:
     return f"point {index + 1}" + (f" ({label})" if label != "-" else "")
 
 
-def problems(results: dict[str, Any], refused: list[str]) -> list[Problem]:
+def problems(results: RunResults, refused: list[str]) -> list[Problem]:
     """One line per problem (similar ones grouped, with a count and where they happened);
     ``refused`` lists the images the page did not embed (see :mod:`fedsim.report.embed`)."""
     lines: list[Problem] = []
-    status = results.get("status", "running")
+    status = results.status
     if status in RUN_STATUS:
         lines.append(Problem(f"run {status}", f": {RUN_STATUS[status]}"))
-    points = {t["index"]: short_point(t["point"]) for t in results["trials"]}
-    for trial in results["trials"]:
-        if trial["status"] not in ("complete", "running"):
+    points = {t.index: short_point(t.point) for t in results.trials}
+    for trial in results.trials:
+        if trial.status not in ("complete", "running"):
             lines.append(
                 Problem(
-                    f"{_point(points, trial['index'])} {trial['status']}",
-                    f": {trial['error'] or 'no reason recorded'}",
+                    f"{_point(points, trial.index)} {trial.status}",
+                    f": {trial.error or 'no reason recorded'}",
                 )
             )
     grouped: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
-    for r in results["records"]:
-        if r["status"] != "ok":
-            key = (r["attack"], r["position"], r["status"], r["reason"] or "no reason recorded")
-            who = "aggregate" if r["client"] is None else f"client {r['client']}"
-            grouped[key].append(f"{_point(points, r['trial'])}, round {r['round']}, {who}")
+    for r in results.records:
+        if r.status != "ok":
+            key = (r.attack, r.position, r.status, r.reason or "no reason recorded")
+            who = "aggregate" if r.client is None else f"client {r.client}"
+            grouped[key].append(f"{_point(points, r.trial)}, round {r.round}, {who}")
     for (attack, position, status, reason), where in grouped.items():
         lines.append(Problem(f"{attack} ({position}) {status}", f": {reason}", _places(where)))
     lines += _client_failures(results, points)
-    for trial in results["trials"]:
-        info = trial.get("rel_perceptual_l1")
-        if info and info.get("status") == "unavailable":
+    for trial in results.trials:
+        info = trial.rel_perceptual_l1
+        if info is not None and info.status == "unavailable":
             lines.append(
                 Problem(
                     "relative-perceptual-L1 unavailable",
-                    f" at {_point(points, trial['index'])}: {info.get('reason')}",
+                    f" at {_point(points, trial.index)}: {info.reason}",
                 )
             )
     if refused:
@@ -74,16 +74,14 @@ def problems(results: dict[str, Any], refused: list[str]) -> list[Problem]:
     return lines
 
 
-def _client_failures(results: dict[str, Any], points: dict[int, str]) -> list[Problem]:
+def _client_failures(results: RunResults, points: dict[int, str]) -> list[Problem]:
     """Clients whose round failed (error or timeout), grouped by reason."""
     grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for trial in results["trials"]:
-        for failure in trial.get("client_failures", []):
-            kind = failure.get("kind", "error")
-            client = failure.get("client")
-            who = f", client {client}" if client is not None else ""
-            place = f"{_point(points, trial['index'])}, round {failure['round']}{who}"
-            grouped[(kind, failure.get("error") or "no reason recorded")].append(place)
+    for trial in results.trials:
+        for failure in trial.client_failures:
+            who = f", client {failure.client}" if failure.client is not None else ""
+            place = f"{_point(points, trial.index)}, round {failure.round}{who}"
+            grouped[(failure.kind, failure.error or "no reason recorded")].append(place)
     return [
         Problem(
             f"client {'timed out' if kind == 'timeout' else 'failed'}", f": {error}", _places(where)

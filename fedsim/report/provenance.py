@@ -8,6 +8,7 @@ from typing import Any
 
 from fedsim.report.embed import Embedder, Text
 from fedsim.report.rundir import RunFiles
+from fedsim.results.schema import Environment, RunResults
 from fedsim.results.table import short_point
 
 RUN_FILES = {
@@ -32,17 +33,17 @@ def duration(seconds: float | None) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
 
 
-def _environment(env: dict[str, Any] | None) -> list[tuple[str, str]]:
-    if not env:
+def _environment(env: Environment | None) -> list[tuple[str, str]]:
+    if env is None:
         return [("software, machine", "not recorded (the run was made by an older fedsim)")]
-    packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
-    memory = f", {env['memory_gib']:.0f} GiB RAM" if env.get("memory_gib") else ""
+    packages = ", ".join(f"{k} {v}" for k, v in env.packages.items() if v)
+    memory = f", {env.memory_gib:.0f} GiB RAM" if env.memory_gib else ""
     return [
-        ("software", f"Python {env['python']}; {packages}"),
+        ("software", f"Python {env.python}; {packages}"),
         (
             "machine",
-            f"{env['host']}: {env['platform']} ({env['machine']}), {env['cpus']} CPUs"
-            f"{memory}; torch threads {env['torch_threads']}",
+            f"{env.host}: {env.platform} ({env.machine}), {env.cpus} CPUs"
+            f"{memory}; torch threads {env.torch_threads}",
         ),
     ]
 
@@ -55,10 +56,10 @@ CLIENT_NOISE = {
 }
 
 
-def _client_sent(results: dict[str, Any]) -> str | None:
-    """What the clients' replies carried (``trials[i]["client_sent"]``), once when every
+def _client_sent(results: RunResults) -> str | None:
+    """What the clients' replies carried (each trial's ``client_sent``), once when every
     sweep point agrees, else per point; ``None`` when not recorded."""
-    sent = {t["index"]: t["client_sent"] for t in results["trials"] if "client_sent" in t}
+    sent = {t.index: t.client_sent for t in results.trials if t.client_sent is not None}
     if not sent:
         return None
     listed = {index: ", ".join(names) or "nothing" for index, names in sent.items()}
@@ -75,7 +76,7 @@ def facts(run: RunFiles) -> list[tuple[str, str]]:
     lines = [
         (
             "scenario",
-            f"{results.get('scenario', '-')} ({resolved.get('source', 'source unknown')})",
+            f"{results.scenario or '-'} ({resolved.get('source', 'source unknown')})",
         ),
         ("overrides", " ".join(f"--set {o}" for o in resolved.get("overrides", [])) or "none"),
         ("seed", str(scenario.get("seed", "-"))),
@@ -83,24 +84,23 @@ def facts(run: RunFiles) -> list[tuple[str, str]]:
             "sweep points",
             f"{len(points)}: " + "; ".join(points) if len(points) > 1 else "1 (no sweep)",
         ),
-        ("status", results.get("status", "-")),
-        ("started / finished", f"{results.get('started', '-')} / {results.get('finished') or '-'}"),
-        ("wall time", duration(results.get("wall_seconds"))),
+        ("status", results.status),
+        ("started / finished", f"{results.started or '-'} / {results.finished or '-'}"),
+        ("wall time", duration(results.wall_seconds)),
     ]
-    if results.get("resumed"):
-        lines.append(("resumed", ", ".join(results["resumed"])))
-    if results.get("engine"):
-        lines.append(("engine", results["engine"]))
-    truth = results.get("ground_truth_note") or results.get("ground_truth")
+    if results.resumed:
+        lines.append(("resumed", ", ".join(results.resumed)))
+    if results.engine:
+        lines.append(("engine", results.engine))
+    truth = results.ground_truth_note or results.ground_truth
     if truth:
         lines.append(("scoring", truth))
-    noise = results.get("client_noise")
-    if noise:
-        lines.append(("client noise", CLIENT_NOISE.get(noise, noise)))
+    if results.client_noise:
+        lines.append(("client noise", CLIENT_NOISE[results.client_noise]))
     sent = _client_sent(results)
     if sent is not None:
         lines.append(("what clients sent", sent))
-    return lines + _environment(results.get("environment"))
+    return lines + _environment(results.environment)
 
 
 @dataclass(frozen=True)

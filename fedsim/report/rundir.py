@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim.results.store import is_results_file, read_results
+from fedsim.results.schema import NewerSchemaError, ResultsFileError, RunResults
+from fedsim.results.store import read_results
 
 
 class ReportError(Exception):
@@ -24,7 +25,7 @@ class RunFiles:
     """
 
     path: Path
-    results: dict[str, Any]
+    results: RunResults
     scenario_text: str | None
     resolved: dict[str, Any] | None
 
@@ -48,7 +49,9 @@ def load_run(run_dir: Path) -> RunFiles:
 
     Raises:
         ReportError: not a directory, no ``results.json``, a file of
-            :data:`READ_FILES` that links outside the run directory, or unreadable files.
+            :data:`READ_FILES` that links outside the run directory, unreadable files,
+            or a ``results.json`` that is not one this fedsim reads (a newer schema
+            version, or not the shape fedsim writes).
     """
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such run directory")
@@ -63,8 +66,10 @@ def load_run(run_dir: Path) -> RunFiles:
         resolved_text = _optional_text(run_dir / "scenario.resolved.json")
         resolved = json.loads(resolved_text) if resolved_text is not None else None
         scenario_text = _optional_text(run_dir / "scenario.toml")
+    except NewerSchemaError as exc:
+        raise ReportError(f"{run_dir}: results.json {exc}") from None
+    except ResultsFileError as exc:
+        raise ReportError(f"{run_dir}: results.json is not a fedsim results file ({exc})") from None
     except (OSError, ValueError) as exc:
         raise ReportError(f"{run_dir}: cannot read the results: {exc}") from None
-    if not is_results_file(results):
-        raise ReportError(f"{run_dir}: results.json is not a fedsim results file")
     return RunFiles(run_dir, results, scenario_text, resolved)

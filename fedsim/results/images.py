@@ -24,7 +24,7 @@ def to_hwc_uint8(image: torch.Tensor) -> np.ndarray:
 def save_png(image: torch.Tensor, path: Path, scale: int = 4) -> None:
     """Write a ``(C, H, W)`` image in [0, 1], enlarged ``scale`` times (nearest)."""
     pil = Image.fromarray(to_hwc_uint8(image))
-    pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST).save(path)
+    pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST).save(path)
 
 
 def save_grid(rows: Sequence[dict[str, Any]], run_dir: Path, path: Path) -> None:

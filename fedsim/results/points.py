@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.results.schema import TrialResult
 
-def final_accuracy(trial: dict[str, Any]) -> float | None:
+
+def final_accuracy(trial: TrialResult) -> float | None:
     """The global model's test accuracy after the trial's last round."""
-    accuracy = trial["accuracy"]
-    return accuracy[max(accuracy, key=int)] if accuracy else None
+    accuracy = trial.accuracy
+    return accuracy[max(accuracy)] if accuracy else None
 
 
 def _by_name(measured: dict[str, float], name: str) -> list[float]:
@@ -46,7 +48,7 @@ def _side(rounds: list[dict[str, float]]) -> dict[str, float | None]:
     }
 
 
-def point_summary(trial: dict[str, Any]) -> dict[str, Any]:
+def point_summary(trial: TrialResult) -> dict[str, Any]:
     """Accuracy, privacy and noise of one trial.
 
     Returns ``test_accuracy`` (after the last round); ``epsilon_client`` (the
@@ -58,9 +60,9 @@ def point_summary(trial: dict[str, Any]) -> dict[str, Any]:
     ``server_noise_std`` / ``server_noise_ratio`` (noise the server added to the
     aggregate).
     """
-    rounds = [trial.get("defences", {})[r] for r in sorted(trial.get("defences", {}), key=int)]
-    client = _side([r["clients"] for r in rounds])
-    server = _side([r["aggregate"] for r in rounds])
+    rounds = [trial.defences[r] for r in sorted(trial.defences)]
+    client = _side([r.clients for r in rounds])
+    server = _side([r.aggregate for r in rounds])
     deltas = [d for d in (client["delta"], server["delta"]) if d is not None]
     return {
         "test_accuracy": final_accuracy(trial),

@@ -23,6 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from fedsim.metrics import SUCCESS_PSNR
+from fedsim.results.colours import TAB10
+from fedsim.results.schema import Record, RunResults, TrialResult
 from fedsim.results.store import atomic_write
 from fedsim.results.table import short_point
 
@@ -33,36 +35,36 @@ ROUND_COLUMNS = ("trial", "round", "test_accuracy", "attack_index", "attack", "p
 LEAKAGE = ("psnr", "ssim", "success")
 
 
-def _mean(values: list[float]) -> float | None:
+def _mean(values: list[float | None]) -> float | None:
     finite = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
 
 
-def round_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def round_rows(results: RunResults) -> list[dict[str, Any]]:
     """The rows of ``rounds.csv``: per (trial, round, attack) the mean leakage over the
     scored records of that round, and the test accuracy after the round."""
-    groups: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
-    for record in results["records"]:
-        if record["status"] == "ok" and record["metrics"]:
-            key = (record["trial"], record["round"], record["attack_index"])
+    groups: dict[tuple[int, int, int], list[Record]] = {}
+    for record in results.records:
+        if record.status == "ok" and record.metrics:
+            key = (record.trial, record.round, record.attack_index)
             groups.setdefault(key, []).append(record)
-    accuracy = {t["index"]: t.get("accuracy", {}) for t in results["trials"]}
+    accuracy = {t.index: t.accuracy for t in results.trials}
     rows = []
     for (trial, server_round, index), records in sorted(groups.items()):
         rows.append({
             "trial": trial,
             "round": server_round,
-            "test_accuracy": accuracy.get(trial, {}).get(str(server_round)),
+            "test_accuracy": accuracy.get(trial, {}).get(server_round),
             "attack_index": index,
-            "attack": records[0]["attack"],
-            "position": records[0]["position"],
+            "attack": records[0].attack,
+            "position": records[0].position,
             "records": len(records),
-            **{m: _mean([r["metrics"].get(m) for r in records]) for m in LEAKAGE},
+            **{m: _mean([r.metrics.get(m) for r in records]) for m in LEAKAGE},
         })  # fmt: skip
     return rows
 
 
-def rounds_csv(results: dict[str, Any]) -> str:
+def rounds_csv(results: RunResults) -> str:
     """``rounds.csv``'s text: a header, then :func:`round_rows`."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=ROUND_COLUMNS)
@@ -72,17 +74,17 @@ def rounds_csv(results: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def _plot_trial(trial: dict[str, Any], rows: list[dict[str, Any]], title: str, path: Path) -> None:
+def _plot_trial(trial: TrialResult, rows: list[dict[str, Any]], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     attacks = sorted({(r["attack_index"], r["attack"], r["position"]) for r in rows})
-    for (index, attack, position), colour in zip(attacks, cycle(plt.cm.tab10.colors), strict=False):
+    for (index, attack, position), colour in zip(attacks, cycle(TAB10), strict=False):
         mine = [r for r in rows if r["attack_index"] == index and r["psnr"] is not None]
         ax.plot([r["round"] for r in mine], [r["psnr"] for r in mine], marker="o",
                 color=colour, label=f"{attack} ({position})")  # fmt: skip
     ax.axhline(SUCCESS_PSNR, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("federated round (attack on the model the clients started from)")
     ax.set_ylabel("PSNR of the reconstruction, dB (peak 1)")
-    accuracy = sorted((int(k), v) for k, v in trial.get("accuracy", {}).items())
+    accuracy = sorted(trial.accuracy.items())
     if accuracy:
         twin = ax.twinx()
         twin.plot(*zip(*accuracy, strict=True), color="black", linestyle="--", linewidth=1,
@@ -97,21 +99,21 @@ def _plot_trial(trial: dict[str, Any], rows: list[dict[str, Any]], title: str, p
     plt.close(fig)
 
 
-def save_round_plots(results: dict[str, Any], run_dir: Path) -> list[dict[str, str]]:
+def save_round_plots(results: RunResults, run_dir: Path) -> list[dict[str, str]]:
     """Write ``rounds.csv`` and the leakage-vs-round PNGs; returns the plots written."""
     rows = round_rows(results)
     atomic_write(run_dir / "rounds.csv", rounds_csv(results))
-    trials = results["trials"]
+    trials = results.trials
     plots = []
     for trial in trials:
-        mine = [r for r in rows if r["trial"] == trial["index"]]
+        mine = [r for r in rows if r["trial"] == trial.index]
         per_attack: dict[int, set[int]] = {}
         for row in mine:
             per_attack.setdefault(row["attack_index"], set()).add(row["round"])
         if max((len(r) for r in per_attack.values()), default=0) < 2:
             continue
-        name = "leakage_rounds.png" if len(trials) == 1 else f"leakage_rounds_t{trial['index']}.png"
-        point = f" ({short_point(trial['point'])})" if trial["point"] else ""
+        name = "leakage_rounds.png" if len(trials) == 1 else f"leakage_rounds_t{trial.index}.png"
+        point = f" ({short_point(trial.point)})" if trial.point else ""
         title = f"leakage vs round{point}"
         _plot_trial(trial, mine, title, run_dir / name)
         plots.append({"path": name, "title": title})

@@ -3,14 +3,10 @@
 ``results.json`` always parses, whatever moment a run is interrupted at; it
 holds the run's status (``running`` until the run ends: a run killed with
 SIGKILL stays ``running``, with everything up to its last finished round or
-record; ``pid`` is the process that wrote it), the engine, the ground-truth
-scoring mode, where the defences drew their noise from (``client_noise``:
-``seeded`` or ``os-entropy``, for the clients' and the server's defences alike), one
-entry per trial (sweep point) with the model's test accuracy, the defences'
-measurements per round, the clients that failed and the names of what the
-clients' replies carried (``client_sent``), and one :class:`Record` per
-attack on one upload. ``metrics.csv`` is the records flattened, one row per
-record. A run stopped half-way is reopened with :meth:`ResultsStore.resume`,
+record); its shape is :class:`~fedsim.results.schema.RunResults`. The store
+holds those typed models and writes them with
+:func:`~fedsim.results.schema.results_json`. ``metrics.csv`` is the records
+flattened, one row per record. A run stopped half-way is reopened with :meth:`ResultsStore.resume`,
 which keeps the trials that completed.
 """
 
@@ -19,17 +15,30 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import fedsim
-from fedsim.defences.noise import ENGINE_NOISE
+from fedsim.defences.noise import ENGINE_NOISE, NoiseSource
 from fedsim.results.environment import describe_environment
+from fedsim.results.schema import (
+    SCHEMA_VERSION,
+    Audit,
+    Environment,
+    FailedClient,
+    PerceptualInfo,
+    Plot,
+    Record,
+    RoundDefences,
+    RunResults,
+    TrialResult,
+    parse_results,
+    results_json,
+)
 
 CSV_COLUMNS = (
     "trial",
@@ -58,35 +67,6 @@ CSV_COLUMNS = (
 )
 
 
-@dataclass
-class Record:
-    """One scored attack on one upload (or aggregate).
-
-    ``metrics`` holds batch means (``psnr``, ``ssim``, ``mse``, ``label_accuracy``,
-    ``psnr_peak``, and ``rel_perceptual_l1`` when ``[metrics.perceptual]`` is set:
-    ``None`` if unavailable, the trial says why); ``images`` holds one entry per
-    reconstructed image (its scores and the relative paths of its PNGs).
-    ``threat_model`` is :func:`fedsim.threat.threat_model_record` of the attacker.
-    """
-
-    trial: int
-    point: dict[str, Any]
-    round: int
-    client: int | None
-    position: str
-    attack: str
-    attack_index: int
-    update_kind: str
-    status: str
-    reason: str = ""
-    metrics: dict[str, float | None] = field(default_factory=dict)
-    images: list[dict[str, Any]] = field(default_factory=list)
-    diagnostics: dict[str, Any] = field(default_factory=dict)
-    defence_measurements: dict[str, float] = field(default_factory=dict)
-    attack_seconds: float = 0.0
-    threat_model: dict[str, Any] = field(default_factory=dict)
-
-
 WORST_CASE_KEYS = ("epsilon", "delta")
 """Measurement names summarised over a round's clients by their maximum, not their mean."""
 
@@ -102,57 +82,19 @@ def client_summary(clients: dict[int, dict[str, float]]) -> dict[str, float]:
     return summary
 
 
-def store_completed(data: dict[str, Any]) -> set[int]:
-    """Indices of the completed trials in a results dict."""
-    return {t["index"] for t in data["trials"] if t["status"] == "complete"}
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
-
-
-def _from_json_safe(value: Any) -> Any:
-    """Undo :func:`_json_safe`: the strings ``inf``, ``-inf`` and ``nan`` become floats."""
-    if isinstance(value, str) and value in NON_FINITE:
-        return NON_FINITE[value]
-    if isinstance(value, dict):
-        return {k: _from_json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json_safe(v) for v in value]
-    return value
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace non-finite floats by strings so that the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def read_results(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/results.json`` with its non-finite numbers restored as floats.
+def read_results(run_dir: Path) -> RunResults:
+    """``run_dir/results.json`` as :class:`~fedsim.results.schema.RunResults`.
 
     Raises:
-        OSError: the file cannot be read; ``ValueError``: it is not JSON.
+        OSError: the file cannot be read; ``ValueError``: it is not JSON (or not UTF-8);
+        ResultsFileError (a ``ValueError``): its schema version is newer than this
+        fedsim reads, or it does not have the shape fedsim writes.
     """
-    return _from_json_safe(json.loads((run_dir / "results.json").read_text(encoding="utf-8")))
-
-
-def is_results_file(data: Any) -> bool:
-    """Whether ``data`` (a parsed ``results.json``) has the outer shape fedsim writes:
-    a table whose ``trials`` and ``records`` are arrays."""
-    return (
-        isinstance(data, dict)
-        and isinstance(data.get("trials"), list)
-        and isinstance(data.get("records"), list)
-    )
+    return parse_results(json.loads((run_dir / "results.json").read_text(encoding="utf-8")))
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -161,8 +103,13 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+TrialInfo = Literal["rel_perceptual_l1", "model_start"]
+"""What :meth:`ResultsStore.set_trial_info` records in a trial."""
+
+
 class ResultsStore:
-    """Thread-safe store of one run's results in ``run_dir``."""
+    """Thread-safe store of one run's results in ``run_dir`` (``data``: the whole
+    ``results.json``)."""
 
     def __init__(
         self, run_dir: Path, scenario_name: str, engine: str, ground_truth: str, note: str
@@ -171,21 +118,22 @@ class ResultsStore:
         mode (``shared-truth`` or ``on-client``), explained by ``note``."""
         self.run_dir = run_dir
         self._lock = threading.Lock()
-        self.data: dict[str, Any] = {
-            "fedsim_version": fedsim.__version__,
-            "environment": describe_environment(),
-            "scenario": scenario_name,
-            "started": _now(),
-            "finished": None,
-            "status": "running",
-            "pid": os.getpid(),
-            "engine": engine,
-            "ground_truth": ground_truth,
-            "ground_truth_note": note,
-            "client_noise": ENGINE_NOISE[engine],
-            "trials": [],
-            "records": [],
-        }
+        self.data = RunResults(
+            schema_version=SCHEMA_VERSION,
+            fedsim_version=fedsim.__version__,
+            environment=Environment.model_validate(describe_environment()),
+            scenario=scenario_name,
+            started=_now(),
+            finished=None,
+            status="running",
+            pid=os.getpid(),
+            engine=engine,
+            ground_truth=ground_truth,
+            ground_truth_note=note,
+            client_noise=ENGINE_NOISE[engine],
+            trials=[],
+            records=[],
+        )
         self.save()
 
     @classmethod
@@ -193,17 +141,22 @@ class ResultsStore:
         """Reopen the results of an interrupted run in ``run_dir`` to finish it.
 
         Trials that completed are kept with their records; the others (running,
-        interrupted or failed) are dropped with their records, to be run again.
+        interrupted or failed) are dropped with their records, to be run again. The
+        file is rewritten in this fedsim's :data:`~fedsim.results.schema.SCHEMA_VERSION`.
+
+        Raises:
+            OSError, ValueError: as :func:`read_results`.
         """
         store = cls.__new__(cls)
         store.run_dir = run_dir
         store._lock = threading.Lock()
         data = read_results(run_dir)
-        done = store_completed(data)
-        data["trials"] = [t for t in data["trials"] if t["index"] in done]
-        data["records"] = [r for r in data["records"] if r["trial"] in done]
-        data.update(status="running", finished=None, pid=os.getpid())
-        data.setdefault("resumed", []).append(_now())
+        done = data.completed
+        data.trials = [t for t in data.trials if t.index in done]
+        data.records = [r for r in data.records if r.trial in done]
+        data.schema_version = SCHEMA_VERSION
+        data.status, data.finished, data.pid = "running", None, os.getpid()
+        data.resumed = [*(data.resumed or []), _now()]
         store.data = data
         store.save()
         return store
@@ -212,37 +165,43 @@ class ResultsStore:
     def completed(self) -> set[int]:
         """Indices of the trials that completed."""
         with self._lock:
-            return store_completed(self.data)
+            return self.data.completed
+
+    @property
+    def client_noise(self) -> NoiseSource:
+        """Where the run's defences draw their noise from (for a file of a fedsim that
+        did not record it, its engine's: ``simulation`` if that is unrecorded too)."""
+        return self.data.client_noise or ENGINE_NOISE[self.data.engine or "simulation"]
 
     @property
     def open(self) -> bool:
-        return self.data["status"] == "running"
+        return self.data.status == "running"
 
-    def _trial(self, index: int) -> dict[str, Any]:
-        return next(t for t in self.data["trials"] if t["index"] == index)
+    def _trial(self, index: int) -> TrialResult:
+        return next(t for t in self.data.trials if t.index == index)
 
     def start_trial(self, index: int, point: dict[str, Any]) -> None:
         with self._lock:
-            self.data["trials"].append(
-                {
-                    "index": index,
-                    "point": point,
-                    "status": "running",
-                    "error": "",
-                    "accuracy": {},
-                    "defences": {},
-                    "client_failures": [],
-                    "client_sent": [],
-                    "started": _now(),
-                }
+            self.data.trials.append(
+                TrialResult(
+                    index=index,
+                    point=point,
+                    status="running",
+                    error="",
+                    accuracy={},
+                    defences={},
+                    client_failures=[],
+                    client_sent=[],
+                    started=_now(),
+                )
             )
-            self.data["trials"].sort(key=lambda t: t["index"])
+            self.data.trials.sort(key=lambda t: t.index)
             self._save()
 
     def set_accuracy(self, index: int, server_round: int, accuracy: float) -> None:
         with self._lock:
             if self.open:
-                self._trial(index)["accuracy"][str(server_round)] = accuracy
+                self._trial(index).accuracy[server_round] = accuracy
                 self._save()
 
     def add_round_defences(
@@ -263,18 +222,19 @@ class ResultsStore:
             return
         with self._lock:
             if self.open:
-                self._trial(index)["defences"][str(server_round)] = {
-                    "clients": summary,
-                    "aggregate": aggregate,
-                }
+                self._trial(index).defences[server_round] = RoundDefences(
+                    clients=summary, aggregate=aggregate
+                )
                 self._save()
 
-    def add_client_failures(self, index: int, failures: list[dict[str, Any]]) -> None:
+    def add_client_failures(self, index: int, failures: Sequence[Mapping[str, Any]]) -> None:
         """Record clients whose round failed (the round went on with the others):
-        each ``{"round", "client", "kind": "error" | "timeout", "error"}``."""
+        each ``{"round", "client", "kind": "error" | "timeout", "error"}``
+        (:class:`~fedsim.results.schema.FailedClient`)."""
+        failed = [FailedClient.model_validate(f) for f in failures]
         with self._lock:
             if self.open:
-                self._trial(index)["client_failures"].extend(failures)
+                self._trial(index).client_failures.extend(failed)
                 self._save()
 
     def add_client_sent(self, index: int, names: set[str]) -> None:
@@ -283,72 +243,92 @@ class ResultsStore:
         with self._lock:
             if self.open:
                 trial = self._trial(index)
-                merged = sorted(set(trial["client_sent"]) | names)
-                if merged != trial["client_sent"]:
-                    trial["client_sent"] = merged
+                merged = sorted(set(trial.client_sent or []) | names)
+                if merged != trial.client_sent:
+                    trial.client_sent = merged
                     self._save()
 
-    def set_trial_info(self, index: int, key: str, value: Any) -> None:
-        """Record ``value`` under ``key`` in trial ``index`` (e.g. an optional metric's status)."""
+    def set_trial_info(self, index: int, key: TrialInfo, value: dict[str, Any]) -> None:
+        """Record ``value`` under ``key`` in trial ``index``: ``rel_perceptual_l1``
+        (:class:`~fedsim.results.schema.PerceptualInfo`) or ``model_start`` (how the
+        global model started)."""
         with self._lock:
-            self._trial(index)[key] = value
+            trial = self._trial(index)
+            if key == "rel_perceptual_l1":
+                trial.rel_perceptual_l1 = PerceptualInfo.model_validate(value)
+            else:
+                trial.model_start = value
             self._save()
 
     def finish_trial(self, index: int, status: str, error: str = "") -> None:
         with self._lock:
             trial = self._trial(index)
-            trial.update(status=status, error=error, finished=_now())
+            trial.status, trial.error, trial.finished = status, error, _now()
             self._save()
 
     def add(self, record: Record) -> None:
         """Append ``record``; ignored once the store is closed (a run stopping)."""
         with self._lock:
             if self.open:
-                self.data["records"].append(asdict(record))
+                self.data.records.append(record)
                 self._save()
 
-    def set_plots(self, plots: list[dict[str, str]]) -> None:
-        """List the run's PNGs as ``{"path", "title"}`` (paths relative to the run directory)."""
+    def set_audit(self, audits: Sequence[Mapping[str, Any]]) -> None:
+        """Keep the c(M) audits (:class:`~fedsim.results.schema.Audit`) of the run's models."""
+        checked = [Audit.model_validate(a) for a in audits]
         with self._lock:
-            self.data["plots"] = plots
+            self.data.audit = checked
             self._save()
+
+    def set_plots(self, plots: Sequence[Mapping[str, str]]) -> None:
+        """List the run's PNGs as ``{"path", "title"}`` (paths relative to the run directory)."""
+        listed = [Plot.model_validate(p) for p in plots]
+        with self._lock:
+            self.data.plots = listed
+            self._save()
+
+    def add_wall_seconds(self, seconds: float) -> None:
+        """Add ``seconds`` to the run's wall time (a resumed run's adds up)."""
+        with self._lock:
+            self.data.wall_seconds = (self.data.wall_seconds or 0.0) + seconds
 
     def close(self, status: str, reason: str = "") -> None:
         """End the run with ``status``; trials still running end ``interrupted``
         with ``reason``. Later changes are ignored (a federation thread may outlive
         an interrupted run)."""
         with self._lock:
-            for trial in self.data["trials"]:
-                if trial["status"] == "running":
-                    trial.update(status="interrupted", error=reason, finished=_now())
-            self.data.update(status=status, finished=_now())
+            for trial in self.data.trials:
+                if trial.status == "running":
+                    trial.status, trial.error, trial.finished = "interrupted", reason, _now()
+            self.data.status, self.data.finished = status, _now()
             self._save()
 
     @property
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[Record]:
         with self._lock:
-            return list(self.data["records"])
+            return list(self.data.records)
 
     def save(self) -> None:
         with self._lock:
             self._save()
 
     def _save(self) -> None:
-        atomic_write(self.run_dir / "results.json", json.dumps(_json_safe(self.data), indent=1))
+        atomic_write(self.run_dir / "results.json", results_json(self.data))
         atomic_write(self.run_dir / "metrics.csv", self._csv())
 
     def _csv(self) -> str:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for rec in self.data["records"]:
+        for rec in self.data.records:
+            threat = rec.threat_model
             row = {
-                **rec,
-                **rec["metrics"],
-                "point": json.dumps(rec["point"]),
-                "iterations": rec["diagnostics"].get("iterations"),
-                "sok_class": rec.get("threat_model", {}).get("sok_class"),
-                "knows": " ".join(rec.get("threat_model", {}).get("knows", [])),
+                **rec.model_dump(),
+                **rec.metrics,
+                "point": json.dumps(rec.point),
+                "iterations": rec.diagnostics.get("iterations"),
+                "sok_class": threat.sok_class if threat else None,
+                "knows": " ".join(threat.knows) if threat else "",
             }
             writer.writerow(row)
         return out.getvalue()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
+from fedsim.results.schema import RunResults, TrialResult
 from fedsim.results.table import point_rows, summarise
 
 LEAKAGE_COLUMNS = ("attack", "attack_index", "position", "ok", "success", "psnr", "ssim", "mse",
@@ -35,16 +36,13 @@ class Axes:
     series: tuple[str, ...]
 
 
-def sweep_axes(trials: list[dict[str, Any]]) -> Axes:
+def sweep_axes(trials: list[TrialResult]) -> Axes:
     """Find the varying keys of the trials' points."""
     keys: list[str] = []
     for trial in trials:
-        keys += [k for k in trial["point"] if k not in keys]
-    varying = [k for k in keys if len({repr(t["point"].get(k)) for t in trials}) > 1]
-    numeric = [
-        k for k in varying
-        if all(_is_number(t["point"].get(k)) for t in trials)
-    ]  # fmt: skip
+        keys += [k for k in trial.point if k not in keys]
+    varying = [k for k in keys if len({repr(t.point.get(k)) for t in trials}) > 1]
+    numeric = [k for k in varying if all(_is_number(t.point.get(k)) for t in trials)]
     x = numeric[0] if numeric else None
     return Axes(tuple(keys), x, tuple(k for k in varying if k != x))
 
@@ -53,16 +51,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def sweep_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def sweep_rows(results: RunResults) -> list[dict[str, Any]]:
     """The rows of ``sweep.csv`` (see the module docstring)."""
     leakage = summarise(results)
-    axes = sweep_axes(results["trials"])
+    axes = sweep_axes(results.trials)
     rows = []
-    for trial, point in zip(results["trials"], point_rows(results), strict=True):
-        values = {k: trial["point"].get(k) for k in axes.keys}
-        common = {"trial": trial["index"], **values, "status": trial["status"],
+    for trial, point in zip(results.trials, point_rows(results), strict=True):
+        values = {k: trial.point.get(k) for k in axes.keys}
+        common = {"trial": trial.index, **values, "status": trial.status,
                   **{c: point[c] for c in POINT_COLUMNS}}  # fmt: skip
-        mine = [r for r in leakage if r["trial"] == trial["index"]]
+        mine = [r for r in leakage if r["trial"] == trial.index]
         for row in mine or [{}]:
             rows.append({**common, **{c: row.get(c) for c in LEAKAGE_COLUMNS}})
     return rows
@@ -74,10 +72,10 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def sweep_csv(results: dict[str, Any]) -> str:
+def sweep_csv(results: RunResults) -> str:
     """``sweep.csv``'s text: a header, then :func:`sweep_rows`."""
     rows = sweep_rows(results)
-    axes = sweep_axes(results["trials"])
+    axes = sweep_axes(results.trials)
     columns = ["trial", *axes.keys, "status", *LEAKAGE_COLUMNS, *POINT_COLUMNS]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)

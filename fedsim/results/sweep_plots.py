@@ -27,6 +27,8 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes as MplAxes
 
 from fedsim.metrics import SUCCESS_PSNR
+from fedsim.results.colours import TAB10
+from fedsim.results.schema import RunResults
 from fedsim.results.sweep import Axes, sweep_axes, sweep_rows
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -85,7 +87,7 @@ def _leakage(rows: list[dict[str, Any]], axes: Axes, path: Path) -> None:
     positions = [p for p in ("server", "participant") if any(r["position"] == p for r in rows)]
     fig, panels = plt.subplots(1, len(positions), figsize=(5.5 * len(positions), 4), squeeze=False)
     attacks = sorted({r["attack"] for r in rows if r["attack"]})
-    colours = dict(zip(attacks, cycle(plt.cm.tab10.colors), strict=False))
+    colours = dict(zip(attacks, cycle(TAB10), strict=False))
     styles = dict(zip(sorted({_series_name(r, axes) for r in rows}), cycle(LINESTYLES),
                       strict=False))  # fmt: skip
     for ax, position in zip(panels[0], positions, strict=True):
@@ -185,9 +187,9 @@ def _epsilon(rows: list[dict[str, Any]], axes: Axes, path: Path) -> bool:
     return True
 
 
-def save_sweep_plots(results: dict[str, Any], run_dir: Path) -> list[Plot]:
+def save_sweep_plots(results: RunResults, run_dir: Path) -> list[Plot]:
     """Write the sweep's PNGs into ``run_dir``; returns what was written."""
-    axes = sweep_axes(results["trials"])
+    axes = sweep_axes(results.trials)
     rows = sweep_rows(results)
     if axes.x is None:
         return []

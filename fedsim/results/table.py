@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedsim.results.points import point_summary, view_epsilon
+from fedsim.results.schema import RunResults, ThreatRecord
 
 COLUMNS = {
     "point": "sweep point",
@@ -57,7 +58,7 @@ def _std(values: list[float | None]) -> float | None:
     return float(np.std(finite)) if len(finite) > 1 else None
 
 
-def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
+def summarise(results: RunResults) -> list[dict[str, Any]]:
     """Rows of batch-mean metrics averaged over rounds and clients, per trial and attack.
 
     ``success`` is the fraction of all records (failed ones included) whose every
@@ -68,53 +69,52 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
     ``epsilon`` the ε that covers this attacker's view (:func:`view_epsilon`).
     """
     rows = []
-    for trial in results["trials"]:
+    for trial in results.trials:
         point = point_summary(trial)
-        records = [r for r in results["records"] if r["trial"] == trial["index"]]
-        for index in sorted({r["attack_index"] for r in records}):
-            mine = [r for r in records if r["attack_index"] == index]
-            ok = [r for r in mine if r["status"] == "ok" and r["metrics"]]
-            won = [r for r in ok if r["metrics"].get("success")]
+        records = [r for r in results.records if r.trial == trial.index]
+        for index in sorted({r.attack_index for r in records}):
+            mine = [r for r in records if r.attack_index == index]
+            ok = [r for r in mine if r.status == "ok" and r.metrics]
+            won = [r for r in ok if r.metrics.get("success")]
             rows.append(
                 {
-                    "trial": trial["index"],
-                    "point": short_point(trial["point"]),
-                    "attack": mine[0]["attack"],
+                    "trial": trial.index,
+                    "point": short_point(trial.point),
+                    "attack": mine[0].attack,
                     "attack_index": index,
-                    "position": mine[0]["position"],
-                    "threat": threat_summary(mine[0].get("threat_model", {})),
+                    "position": mine[0].position,
+                    "threat": threat_summary(mine[0].threat_model),
                     "ok": f"{len(ok)}/{len(mine)}",
-                    "success": _mean([(r["metrics"] or {}).get("success", 0.0) for r in mine]),
+                    "success": _mean([r.metrics.get("success", 0.0) for r in mine]),
                     **{
-                        m: _mean([r["metrics"].get(m) for r in ok])
+                        m: _mean([r.metrics.get(m) for r in ok])
                         for m in ("psnr", "psnr_255", "ssim", "mse", "label_accuracy")
                     },
-                    "rel_perceptual_l1": _mean([r["metrics"].get("rel_perceptual_l1") for r in ok]),
-                    "mse_std": _std([r["metrics"]["mse"] for r in ok]),
-                    "steps": _mean([r["diagnostics"].get("iterations") for r in won]),
-                    "seconds": _mean([r["attack_seconds"] for r in won]),
+                    "rel_perceptual_l1": _mean([r.metrics.get("rel_perceptual_l1") for r in ok]),
+                    "mse_std": _std([r.metrics["mse"] for r in ok]),
+                    "steps": _mean([r.diagnostics.get("iterations") for r in won]),
+                    "seconds": _mean([r.attack_seconds for r in won]),
                     "test_accuracy": point["test_accuracy"],
-                    "epsilon": view_epsilon(point, mine[0]["position"]),
-                    "reasons": sorted({r["reason"] for r in mine if r["reason"]}),
+                    "epsilon": view_epsilon(point, mine[0].position),
+                    "reasons": sorted({r.reason for r in mine if r.reason}),
                 }
             )
     return rows
 
 
-def threat_summary(threat_model: dict[str, Any]) -> str:
+def threat_summary(threat_model: ThreatRecord | None) -> str:
     """``"C: labels, model, …"``: the SoK class and the flags the attack used; ``-`` if unknown."""
-    if not threat_model:
+    if threat_model is None:
         return "-"
-    return f"{threat_model.get('sok_class') or '-'}: {', '.join(threat_model.get('uses', []))}"
+    return f"{threat_model.sok_class or '-'}: {', '.join(threat_model.uses)}"
 
 
-def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def point_rows(results: RunResults) -> list[dict[str, Any]]:
     """One row per trial: its status and :func:`point_summary`."""
     return [
-        {"trial": t["index"], "point": short_point(t["point"]), "status": t["status"],
-         **point_summary(t)}
-        for t in results["trials"]
-    ]  # fmt: skip
+        {"trial": t.index, "point": short_point(t.point), "status": t.status, **point_summary(t)}
+        for t in results.trials
+    ]
 
 
 def short_point(point: dict[str, Any]) -> str:
