@@ -8,6 +8,7 @@ file and the key path.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 import math
@@ -28,8 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-from fedsim.models.zoo import ACTIVATIONS, CNN3_PRESETS
-from fedsim.registry import discover, instantiate_attack, instantiate_defence
+from fedsim.api import Attack, Stage, UpdateKind
+from fedsim.models.zoo import ACTIVATIONS, CNN3_PRESETS, ZOO_MODELS
+from fedsim.registry import discover, registered_models
 from fedsim.threat import KNOWLEDGE, Knowledge, granted_knowledge, knowledge_key, ordered
 
 if sys.version_info >= (3, 11):
@@ -60,10 +62,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(Section):
-    """Where the images come from and how they are split among clients."""
+def _suggest(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
 
-    dataset: Literal["digits", "photos", "mnist", "cifar10", "imagefolder"] = "digits"
+
+class DataConfig(Section):
+    """Where the images come from and how they are split among clients.
+
+    ``dataset`` names a plugin of the ``fedsim.datasets`` entry-point group
+    (:class:`fedsim.data.source.DatasetSource`; built in: ``digits``, ``photos``,
+    ``mnist``, ``cifar10``, ``imagefolder``).
+    """
+
+    dataset: str = "digits"
     root: Path | None = None
     download: bool = False
     image_size: int = Field(32, ge=8, le=512)
@@ -76,21 +88,41 @@ class DataConfig(Section):
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(0.5, gt=0.0)
 
+    @field_validator("dataset")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        known = sorted(discover().datasets)
+        if value not in known:
+            raise ValueError(f"no dataset plugin {value!r}" + _suggest(value, known))
+        return value
+
     @model_validator(mode="after")
     def _root_needed(self) -> DataConfig:
-        if self.dataset in ("mnist", "cifar10", "imagefolder") and self.root is None:
+        if discover().datasets[self.dataset].needs_root and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs data.root")
         return self
 
 
+OUTPUT_ACTIVATIONS = ("none", *ACTIVATIONS)
+"""``[model] output_activation`` values: none (logits) or an activation."""
+
+
 class ModelConfig(Section):
-    """``lenet``, ``convnet`` (``layers`` or ``preset``) or ``"pkg.module:Class"``."""
+    """A model of the ``fedsim.models`` entry-point group by name (the zoo: ``lenet``,
+    ``convnet`` with ``layers`` or ``preset``) or an import path ``"pkg.module:Class"``.
+
+    Every model is built as ``Class(input_shape=(C, H, W), num_classes=K, **kwargs)``
+    (``input_shape`` and ``num_classes`` from the data, passed to a constructor that
+    names them; see :mod:`fedsim.models.zoo`); the zoo models take ``activation``,
+    ``output_activation``, ``negative_slope`` and ``layers``/``preset`` instead of
+    ``kwargs``.
+    """
 
     name: str = "lenet"
     activation: Literal[tuple(ACTIVATIONS)] = "sigmoid"  # type: ignore[valid-type]
     layers: list[tuple[int, int, int]] | None = None
     preset: Literal[tuple(CNN3_PRESETS)] | None = None  # type: ignore[valid-type]
-    output_activation: Literal[("none", *ACTIVATIONS)] = "none"  # type: ignore[valid-type]
+    output_activation: Literal[OUTPUT_ACTIVATIONS] = "none"  # type: ignore[valid-type]
     negative_slope: float = Field(0.01, gt=0.0, lt=1.0, description="leaky_relu slope for z < 0")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = Field(
@@ -110,15 +142,19 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _known(self) -> ModelConfig:
-        if self.name not in ("lenet", "convnet") and ":" not in self.name:
+        registered = sorted(registered_models())
+        if self.name not in registered and ":" not in self.name:
+            names = ", ".join(repr(n) for n in registered)
+            close = difflib.get_close_matches(self.name, registered, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
-                f"unknown model {self.name!r}: use 'lenet', 'convnet' or 'pkg.module:Class'"
+                f"unknown model {self.name!r}{hint}: use {names} or 'pkg.module:Class'"
             )
         if self.name == "convnet" and (self.layers is None) == (self.preset is None):
             raise ValueError("convnet needs exactly one of `layers` or `preset`")
         if self.layers is not None and any(min(layer) < 1 for layer in self.layers):
             raise ValueError("convnet layers are (kernel, channels, stride), all ≥ 1")
-        if self.name not in ("lenet", "convnet") and self.output_activation != "none":
+        if self.name not in ZOO_MODELS and self.output_activation != "none":
             raise ValueError("output_activation applies to the zoo models (lenet, convnet) only")
         return self
 
@@ -371,11 +407,6 @@ class Trial:
 # ---------------------------------------------------------------- key checks
 
 
-def _suggest(key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
-
-
 def _is_list_annotation(annotation: Any) -> bool:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
@@ -521,11 +552,30 @@ def _validate_point(raw: dict[str, Any], source: str) -> Scenario:
     return scenario
 
 
+def _knowledge_needed(name: str, params: dict[str, Any], kind: UpdateKind) -> frozenset[Knowledge]:
+    """The threat-model flags attack ``name`` with ``params`` needs against ``kind``: its
+    class's ``needs``, unless the class overrides :meth:`Attack.knowledge_needed`, whose
+    answer may depend on the parameters: then an instance is asked."""
+    cls = discover().attacks[name]
+    if cls.knowledge_needed is Attack.knowledge_needed:
+        return cls.needs
+    return cls(cls.Params.model_validate(params)).knowledge_needed(kind)
+
+
+def _stage(name: str, params: dict[str, Any]) -> Stage:
+    """Where defence ``name`` with ``params`` acts: the one stage its class declares, or,
+    for a class declaring several, the choice its instance makes from the parameters."""
+    cls = discover().defences[name]
+    if len(cls.stages) == 1:
+        return cls.stages[0]
+    return cls(cls.Params.model_validate(params)).stage
+
+
 def _check_knowledge(scenario: Scenario, source: str) -> None:
     """Reject an attack whose threat model lacks knowledge the attack needs."""
-    kind = "gradient" if scenario.federation.protocol == "fedsgd" else "delta"
+    kind: UpdateKind = "gradient" if scenario.federation.protocol == "fedsgd" else "delta"
     for i, config in enumerate(scenario.attacks):
-        needed = instantiate_attack(config.name, config.params).knowledge_needed(kind)
+        needed = set(_knowledge_needed(config.name, config.params, kind))
         if config.participant_client is not None:
             needed |= {"batch_size"}  # the clients' example counts weigh FedAvg's mean
         missing = ordered(needed - config.knowledge)
@@ -548,7 +598,7 @@ def _check_defence_stages(defences: list[dict[str, Any]], source: str) -> dict[s
     return the index of the defence at each replacing stage present."""
     seen: dict[str, int] = {}
     for i, entry in enumerate(defences):
-        stage = instantiate_defence(entry["name"], entry["params"]).stage
+        stage = _stage(entry["name"], entry["params"])
         if stage not in REPLACING_STAGES:
             continue
         if stage in seen:
@@ -598,21 +648,13 @@ def expand(raw: dict[str, Any], source: str) -> list[Trial]:
     _check_sweep_size(axes, source)
     trials = []
     for index, values in enumerate(itertools.product(*(a.values for a in axes))):
-        point_raw = _deep_copy(raw)
+        point_raw = copy.deepcopy(raw)
         point: dict[str, Any] = {}
         for axis, value in zip(axes, values, strict=True):
             _set_path(point_raw, axis.path, value)
             point[format_path(axis.path)] = value
         trials.append(Trial(index, point, _validate_point(point_raw, source)))
     return trials
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------- files and overrides

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedsim.data.datasets import DataError, load_photos
-from fedsim.federation.setup import federated_data, select_classes
+from fedsim.federation.trial_inputs import federated_data, select_classes
 from fedsim.models.zoo import build_model
 from fedsim.scenario import ScenarioError, expand
 
