@@ -50,6 +50,10 @@ CNN3_PRESETS: dict[str, list[tuple[int, int, int]]] = {
 }
 
 
+DEFAULT_CONVNET_LAYERS = tuple(CNN3_PRESETS["cnn3-1"])
+"""``convnet``'s layers when built without any (a scenario always states them)."""
+
+
 def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
     """An activation module by name; ``negative_slope`` applies to ``leaky_relu`` only."""
     if name == "leaky_relu":
@@ -108,16 +112,16 @@ class ConvNet(nn.Module):
     activation, then one fully-connected layer with bias to the classes.
 
     ``input_shape`` is ``(C, H, W)``; ``layers`` lists ``(kernel, out_channels, stride)``
-    from the input upwards (default: COPA's CNN3-1); ``output_activation`` (default
-    none) follows the fully-connected layer, as in COPA's experiments (Tanh on every
-    layer; LeakyReLU convs with a Sigmoid output).
+    from the input upwards (default :data:`DEFAULT_CONVNET_LAYERS`); ``output_activation``
+    (default none) follows the fully-connected layer, as in COPA's experiments (Tanh on
+    every layer; LeakyReLU convs with a Sigmoid output).
     """
 
     def __init__(
         self,
         input_shape: tuple[int, int, int],
         num_classes: int,
-        layers: Sequence[tuple[int, int, int]] = CNN3_PRESETS["cnn3-1"],
+        layers: Sequence[tuple[int, int, int]] = DEFAULT_CONVNET_LAYERS,
         activation: str = "sigmoid",
         output_activation: str = "none",
         negative_slope: float = 0.01,
