@@ -37,6 +37,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from fedsim.audit.render import print_audit
 from fedsim.audit.runner import ScenarioAudit, audit_scenario, audits_json
 from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
+from fedsim.preflight import preflight
 from fedsim.registry import discover
 from fedsim.results.images import save_grid
 from fedsim.results.plots import save_accuracy_curves, save_loss_curves
@@ -47,7 +48,6 @@ from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
 from fedsim.results.table import POINT_COLUMNS, point_rows, rich_table, short_point, summarise
 from fedsim.scenario import Trial, format_path, load
-from fedsim.scenario_checks import preflight
 from fedsim.stopping import deferred, describe
 
 MAX_GRID_ROWS = 40

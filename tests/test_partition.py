@@ -7,8 +7,8 @@ import pytest
 
 from fedsim.data.partition import client_partitioner, partition_positions, train_test_split
 from fedsim.federation.trial_inputs import federated_data, load_images
+from fedsim.preflight import preflight
 from fedsim.scenario import ScenarioError, expand
-from fedsim.scenario_checks import preflight
 
 LABELS = np.repeat(np.arange(10), 40)  # 400 samples, 10 balanced classes
 

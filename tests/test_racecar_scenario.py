@@ -15,8 +15,8 @@ from fedsim.api import MatchingParams, Observation
 from fedsim.federation.client_app import local_update
 from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.metrics import score_batch
+from fedsim.preflight import preflight
 from fedsim.scenario import Scenario, ScenarioError, expand
-from fedsim.scenario_checks import preflight
 from fedsim.training.objective import known_regulariser
 from fedsim.training.racecar import RacecarTerm
 
