@@ -163,6 +163,7 @@ def tiny_options() -> LoadOptions:
 def test_dataset_contract_and_tiny_load(name: str) -> None:
     cls: type[DatasetSource] = PLUGINS.datasets[name]
     assert cls.name == name
+    assert cls.summary
     assert cls.channels in (None, 1, 3)
     assert cls.num_classes is None or cls.num_classes >= 2
     if cls.needs_root:

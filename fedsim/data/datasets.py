@@ -173,6 +173,7 @@ class Digits(DatasetSource):
     """:func:`load_digits`: 1,797 grey 8×8 digits, shipped with scikit-learn."""
 
     name = "digits"
+    summary = "scikit-learn's 1,797 handwritten digits (8×8, grey), resized"
     channels = 1
     num_classes = 10
 
@@ -184,6 +185,7 @@ class Photos(DatasetSource):
     """:func:`load_photos`: ``samples_per_class`` crops of each of scikit-image's photographs."""
 
     name = "photos"
+    summary = "square crops of scikit-image's sample photographs, one class per photograph"
     channels = 3
     num_classes = len(PHOTO_SOURCES)
 
@@ -195,6 +197,7 @@ class MNIST(DatasetSource):
     """:func:`load_mnist`: IDX files under ``data.root`` (fetched with ``data.download``)."""
 
     name = "mnist"
+    summary = "MNIST from IDX files under data.root (data.download fetches them)"
     channels = 1
     num_classes = 10
     needs_root = True
@@ -208,6 +211,7 @@ class CIFAR10(DatasetSource):
     ``data.download``)."""
 
     name = "cifar10"
+    summary = "CIFAR-10 through torchvision, under data.root (data.download fetches it)"
     channels = 3
     num_classes = 10
     needs_root = True
@@ -220,6 +224,7 @@ class ImageFolder(DatasetSource):
     """:func:`load_imagefolder`: the user's ``data.root/<class>/<image>`` files."""
 
     name = "imagefolder"
+    summary = "the user's images, data.root/<class>/<image>"
     channels = None
     num_classes = None
     needs_root = True

@@ -89,6 +89,7 @@ class DatasetSource(ABC):
 
     Attributes:
         name: the entry-point name (the scenario's ``data.dataset``).
+        summary: one line for ``fedsim plugins``.
         channels: image channels ``C`` (1 or 3); ``None`` if ``grayscale`` decides.
         num_classes: number of classes; ``None`` if known only once loaded (a folder).
         needs_root: the images are files under ``data.root`` (downloaded there with
@@ -97,6 +98,7 @@ class DatasetSource(ABC):
     """
 
     name: ClassVar[str]
+    summary: ClassVar[str]
     channels: ClassVar[int | None]
     num_classes: ClassVar[int | None]
     needs_root: ClassVar[bool] = False
