@@ -125,6 +125,7 @@ def _plugins(console: Console) -> int:
                 continue
             table.add_row(name, *row)
         console.print(table)
+    console.print(_data_and_models(found.datasets))
     console.print(_threat_defaults())
     for where, error in {**found.broken, **failed}.items():
         console.print(f"[red]could not load plugin {escape(where)}:[/] {escape(error)}")
@@ -148,6 +149,21 @@ def _plugin_row(kind: str, cls: type) -> tuple[str, str]:
             "yes (clipping + noise + accountant)" if cls.formal_guarantee else "no"
         )
     return summary, params or "-"
+
+
+def _data_and_models(datasets: dict[str, type]) -> Table:
+    """The ``fedsim.datasets`` plugins (``[data] dataset``) and the ``fedsim.models``
+    entry points (``[model] name``), for ``fedsim plugins``."""
+    from fedsim.registry import registered_models
+
+    table = Table(title=escape("datasets ([data] dataset) and models ([model] name)"))
+    for column in ("name", "kind", "what"):
+        table.add_column(column)
+    for name, cls in datasets.items():
+        table.add_row(name, "dataset", escape(cls.summary))
+    for name, path in registered_models().items():
+        table.add_row(name, "model", path)
+    return table
 
 
 def _default(info: FieldInfo) -> str:

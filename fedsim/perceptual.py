@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.data.datasets import DataError
+from fedsim.data.source import DataError
 from fedsim.scenario import DataConfig, PerceptualConfig
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
@@ -321,7 +321,7 @@ class PerceptualMetric:
 
 def _statistics_images(data: DataConfig, samples: int) -> Callable[[], torch.Tensor]:
     def images() -> torch.Tensor:
-        from fedsim.federation.setup import load_images
+        from fedsim.federation.trial_inputs import load_images
 
         pixels = load_images(data, STATISTICS_SEED).images
         if len(pixels) > samples:

@@ -5,8 +5,9 @@ A package adds an attack by declaring, in its ``pyproject.toml``::
     [project.entry-points."fedsim.attacks"]
     my_attack = "my_package.module:MyAttack"
 
-and likewise ``fedsim.defences`` for defences. The entry-point name is the name
-used in scenario files. fedsim's built-ins register the same way.
+and likewise ``fedsim.defences`` for defences and ``fedsim.datasets`` for datasets
+(:class:`fedsim.data.source.DatasetSource`). The entry-point name is the name used
+in scenario files. fedsim's built-ins register the same way.
 
 A plugin that fails to load (any exception, ``sys.exit`` included, on import) is
 set aside as broken and reported by ``fedsim plugins``; the others work. Two
@@ -15,9 +16,11 @@ distributions declaring the same name in one group is a clash: the built-in
 third-party distributions neither is loaded, and a scenario naming it is refused.
 Both cases are listed by ``fedsim plugins``.
 
-The ``fedsim.models`` group declares user models (``my_net = "my_package.nets:Net"``)
-that a deployed client agrees to build (:mod:`fedsim.models.allowed`); these
-entry points are read, never loaded.
+The ``fedsim.models`` group declares models (``my_net = "my_package.nets:Net"``), the
+built-in ``lenet`` and ``convnet`` among them: a scenario names one by its entry-point
+name (or by an import path), and a deployed client agrees to build them
+(:mod:`fedsim.models.allowed`). These entry points are read here, never loaded: a model
+is imported only when a scenario builds it (:mod:`fedsim.models.imports`).
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from fedsim.api import STAGE_HOOKS, Attack, Defence, missing_hooks
+from fedsim.data.source import DatasetSource
 
 ATTACK_GROUP = "fedsim.attacks"
 DEFENCE_GROUP = "fedsim.defences"
+DATASET_GROUP = "fedsim.datasets"
 MODEL_GROUP = "fedsim.models"
 BUILTIN_DISTRIBUTION = "fedsim"
 
@@ -44,6 +49,7 @@ class Plugins:
 
     attacks: dict[str, type[Attack]]
     defences: dict[str, type[Defence]]
+    datasets: dict[str, type[DatasetSource]]
     broken: dict[str, str]
     clashes: dict[str, str]
 
@@ -93,7 +99,7 @@ def _load(
         if not (isinstance(obj, type) and issubclass(obj, base)):
             broken[f"{group}:{ep.name}"] = f"{ep.value} is not a subclass of {base.__name__}"
             continue
-        if base is Defence and (problem := _defence_problem(obj)):
+        if issubclass(obj, Defence) and (problem := _defence_problem(obj)):
             broken[f"{group}:{ep.name}"] = f"{ep.value}: {problem}"
             continue
         found[ep.name] = obj
@@ -118,12 +124,15 @@ def discover() -> Plugins:
     clashes: dict[str, str] = {}
     attacks = _load(ATTACK_GROUP, Attack, broken, clashes)
     defences = _load(DEFENCE_GROUP, Defence, broken, clashes)
-    return Plugins(attacks, defences, broken, clashes)
+    datasets = _load(DATASET_GROUP, DatasetSource, broken, clashes)
+    return Plugins(attacks, defences, datasets, broken, clashes)
 
 
 def registered_models() -> dict[str, str]:
-    """Import paths declared in the ``fedsim.models`` group, by entry-point name (not loaded)."""
-    return {ep.name: ep.value for ep in entry_points(group=MODEL_GROUP)}
+    """Import paths declared in the ``fedsim.models`` group, by entry-point name (not
+    loaded; read afresh on every call). A name several distributions declare keeps the
+    built-in's path, or is left out if no built-in declares it (as for the other groups)."""
+    return {ep.name: ep.value for ep in _unambiguous(MODEL_GROUP, {})}
 
 
 def instantiate_attack(name: str, params: Mapping[str, Any]) -> Attack:

@@ -33,15 +33,12 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from torch import nn
 
 from fedsim.audit.render import print_audit
 from fedsim.audit.runner import ScenarioAudit, audit_scenario, audits_json
-from fedsim.data.datasets import DataError
 from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
-from fedsim.federation.setup import federated_data, model_factory
-from fedsim.models.start import CheckpointError, load_checkpoint
-from fedsim.registry import discover, instantiate_defence
+from fedsim.preflight import preflight
+from fedsim.registry import discover
 from fedsim.results.images import save_grid
 from fedsim.results.plots import save_accuracy_curves, save_loss_curves
 from fedsim.results.round_plots import save_round_plots
@@ -51,9 +48,8 @@ from fedsim.results.store import ResultsStore, atomic_write
 from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
 from fedsim.results.table import POINT_COLUMNS, point_rows, rich_table, short_point, summarise
-from fedsim.scenario import Scenario, ScenarioError, Trial, format_path, load
+from fedsim.scenario import Trial, format_path, load
 from fedsim.stopping import deferred, describe
-from fedsim.training.racecar import UnsupportedModel, check_racecar_model, layer_weights
 
 MAX_GRID_ROWS = 40
 
@@ -62,73 +58,6 @@ Engine = Literal["simulation", "deployment"]
 
 class RunError(Exception):
     """The run cannot start; the message is one line for the user."""
-
-
-def preflight(trials: list[Trial], source: str) -> None:
-    """Load each distinct data split and build the model once, so that errors come
-    before any directory is created."""
-    seen: set[str] = set()
-    for trial in trials:
-        scenario = trial.scenario
-        key = (
-            scenario.data.model_dump_json()
-            + scenario.model.model_dump_json()
-            + str((scenario.federation.num_clients, scenario.seed))
-            + scenario.federation.training
-            + scenario.federation.racecar.model_dump_json()
-        )
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            data = federated_data(scenario)
-        except (DataError, ValueError) as exc:
-            raise ScenarioError(source, ("data",), str(exc)) from None
-        try:
-            model = model_factory(scenario, data)()
-        except (ValueError, TypeError) as exc:
-            raise ScenarioError(source, ("model",), str(exc)) from None
-        if scenario.model.checkpoint is not None:
-            try:
-                load_checkpoint(model, scenario.model.checkpoint.expanduser())
-            except CheckpointError as exc:
-                raise ScenarioError(source, ("model", "checkpoint"), str(exc)) from None
-        _check_training(scenario, model, data.input_shape, source)
-        for i, config in enumerate(scenario.defences):
-            reason = instantiate_defence(config.name, config.params).supports(model)
-            if reason:
-                raise ScenarioError(source, ("defences", i), reason)
-        if len(data.test.labels) == 0:
-            raise ScenarioError(
-                source,
-                ("data", "test_fraction"),
-                "leaves the test split empty; raise it or use more samples per class",
-            )
-        fed = scenario.federation
-        smallest = min(data.shards.sizes())
-        if fed.protocol == "fedsgd" and fed.batch_size > smallest:
-            raise ScenarioError(
-                source,
-                ("federation", "batch_size"),
-                f"{fed.batch_size} exceeds the smallest client shard ({smallest} samples)",
-            )
-
-
-def _check_training(
-    scenario: Scenario, model: nn.Module, input_shape: tuple[int, int, int], source: str
-) -> None:
-    """Racecar training needs a conv/linear chain and one λ per layer (or a single one)."""
-    fed = scenario.federation
-    if fed.training != "racecar":
-        return
-    try:
-        layers = check_racecar_model(model, input_shape)
-    except UnsupportedModel as exc:
-        raise ScenarioError(source, ("model",), f"racecar training: {exc}") from None
-    try:
-        layer_weights(fed.racecar.lambdas, layers)
-    except ValueError as exc:
-        raise ScenarioError(source, ("federation", "racecar", "lambdas"), str(exc)) from None
 
 
 def safe_name(name: str) -> str:

@@ -14,7 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.federation import protocol
 from fedsim.federation.client_app import make_client_app, training_batch
-from fedsim.federation.setup import federated_data, model_factory
+from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.scenario import ModelConfig, Scenario, expand
 
 NODE_PARTITION = 1

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord
 
 from fedsim.federation.client_app import local_update
-from fedsim.federation.setup import federated_data, model_factory
+from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.scenario import expand
 
 

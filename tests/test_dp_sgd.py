@@ -26,7 +26,7 @@ from fedsim.federation.client_app import (
     round_generator,
     save_defence_state,
 )
-from fedsim.federation.setup import federated_data, model_factory
+from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario, expand
 

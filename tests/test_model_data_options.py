@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedsim.data.datasets import DataError, load_photos
-from fedsim.federation.setup import federated_data, select_classes
+from fedsim.federation.trial_inputs import federated_data, select_classes
 from fedsim.models.zoo import build_model
 from fedsim.scenario import ScenarioError, expand
 
@@ -53,3 +53,12 @@ def test_output_activation_is_for_zoo_models_only() -> None:
     raw = {"model": {"name": "torch.nn:Identity", "output_activation": "tanh"}}
     with pytest.raises(ScenarioError, match="model: output_activation applies to the zoo models"):
         expand(raw, "x.toml")
+
+
+def test_dataset_is_a_registered_plugin() -> None:
+    with pytest.raises(
+        ScenarioError, match=r"data\.dataset: no dataset plugin 'mnits' \(did you mean 'mnist'\?\)"
+    ):
+        expand({"data": {"dataset": "mnits"}}, "x.toml")
+    with pytest.raises(ScenarioError, match=r"dataset 'cifar10' needs data\.root"):
+        expand({"data": {"dataset": "cifar10"}}, "x.toml")

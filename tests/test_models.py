@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.models.imports import defines_statically
-from fedsim.models.zoo import build_model
+from fedsim.models.zoo import ConvNet, build_model, model_class
+from fedsim.registry import registered_models
+from fedsim.scenario import ScenarioError, expand
 
 SHAPE = (3, 32, 32)
 
@@ -169,3 +172,53 @@ def test_user_model_that_cannot_be_built_or_run_is_one_line(
         build_model("torch.nn:Bilinear", input_shape=shape, num_classes=6, kwargs=kwargs)
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+def test_import_path_model_receives_input_shape_and_num_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A constructor naming ``input_shape`` and ``num_classes`` gets them from the data,
+    next to the scenario's ``kwargs``; the trial's model factory builds it that way."""
+    (tmp_path / "fedsim_shaped_models.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            class Shaped(nn.Module):
+                def __init__(self, input_shape, num_classes, hidden):
+                    super().__init__()
+                    self.input_shape = input_shape
+                    c, h, w = input_shape
+                    self.body = nn.Sequential(
+                        nn.Flatten(), nn.Linear(c * h * w, hidden), nn.Linear(hidden, num_classes)
+                    )
+
+                def forward(self, x):
+                    return self.body(x)
+            """
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {
+        "data": {"dataset": "photos", "image_size": 8, "samples_per_class": 2},
+        "model": {"name": "fedsim_shaped_models:Shaped", "kwargs": {"hidden": 5}},
+        "federation": {"num_clients": 2},
+    }
+    scenario = expand(raw, "s.toml")[0].scenario
+    data = federated_data(scenario)
+
+    model = model_factory(scenario, data)()
+
+    assert model.input_shape == (3, 8, 8) == data.input_shape
+    assert [tuple(p.shape) for p in model.parameters()] == [(5, 192), (5,), (6, 5), (6,)]
+    assert model(torch.rand(2, 3, 8, 8)).shape == (2, 6)
+
+
+def test_a_registered_model_is_named_by_its_entry_point() -> None:
+    assert registered_models()["lenet"] == "fedsim.models.zoo:LeNet"
+    assert model_class("convnet") is ConvNet
+    with pytest.raises(
+        ScenarioError, match=r"model: unknown model 'lenett' \(did you mean 'lenet'\?\)"
+    ):
+        expand({"model": {"name": "lenett"}}, "s.toml")

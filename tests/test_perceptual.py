@@ -23,7 +23,7 @@ from torchvision.models import vgg19
 from fedsim.federation.client_app import local_update
 from fedsim.federation.observer import AttackTap, ClientUpload
 from fedsim.federation.scoring import SharedTruthScorer
-from fedsim.federation.setup import federated_data, model_factory
+from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.perceptual import (
     VGG19_RELU4_2,
     FilterStatistics,

@@ -163,3 +163,11 @@ def test_a_scenario_using_a_clashing_name_is_warned(install: Install, tmp_path: 
     assert checked.clashes == [
         "plugin name 'dlg' is declared by 'fedsim' (built in, used) and by 'fakeplug' (ignored)"
     ]
+
+
+def test_plugins_lists_the_datasets_and_models(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for name in ("digits", "photos", "mnist", "cifar10", "imagefolder"):
+        assert f"│ {name} " in out
+    assert "fedsim.models.zoo:LeNet" in out and "fedsim.models.zoo:ConvNet" in out

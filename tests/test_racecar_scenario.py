@@ -13,9 +13,9 @@ from flwr.app import ArrayRecord
 
 from fedsim.api import MatchingParams, Observation
 from fedsim.federation.client_app import local_update
-from fedsim.federation.setup import federated_data, model_factory
+from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.metrics import score_batch
-from fedsim.run import preflight
+from fedsim.preflight import preflight
 from fedsim.scenario import Scenario, ScenarioError, expand
 from fedsim.training.objective import known_regulariser
 from fedsim.training.racecar import RacecarTerm

@@ -19,7 +19,7 @@ from rich.console import Console
 import fedsim.federation.runner as runner
 import fedsim.report
 from fedsim.cli import main
-from fedsim.federation.setup import federated_data
+from fedsim.federation.trial_inputs import federated_data
 from fedsim.metrics import score_batch
 from fedsim.report.leakage import format_psnr
 from fedsim.results.images import save_png

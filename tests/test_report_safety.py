@@ -25,7 +25,6 @@ from rich.console import Console
 import fedsim.federation.runner as runner
 import fedsim.registry as registry
 import fedsim.report.embed as embed
-import fedsim.scenario as scenario
 from fedsim.cli import main
 from fedsim.federation.observer import run_attack
 from fedsim.metrics import score_batch
@@ -119,7 +118,6 @@ def install_hostile_plugins(patch: pytest.MonkeyPatch) -> None:
         defences={**found.defences, DEFENCE: NotedNoise},
     )
     patch.setattr(registry, "discover", lambda: plugins)
-    patch.setattr(scenario, "discover", lambda: plugins)
 
 
 def fake_federation(

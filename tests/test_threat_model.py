@@ -18,9 +18,9 @@ from fedsim.attacks.gradient_matching import (
 from fedsim.cli import main
 from fedsim.data.datasets import load_photos
 from fedsim.federation.server_app import test_accuracy as accuracy_of
-from fedsim.federation.setup import federated_data, model_factory
+from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.metrics import psnr
-from fedsim.models.start import start_model
+from fedsim.models.checkpoint import start_model
 from fedsim.models.zoo import build_model
 from fedsim.results.round_plots import round_rows, save_round_plots
 from fedsim.results.schema import parse_results

@@ -11,8 +11,8 @@ import torch
 from fedsim.analytic.chain import UnsupportedModel
 from fedsim.analytic.rank import RankError
 from fedsim.audit.cm import AuditReport, Method, audit_model
-from fedsim.data.datasets import DataError
-from fedsim.federation.setup import federated_data, model_factory
+from fedsim.data.source import DataError
+from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.scenario import ScenarioError, Trial
 
 

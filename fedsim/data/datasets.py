@@ -1,59 +1,25 @@
-"""Image datasets as in-memory uint8 tensors.
+"""fedsim's built-in datasets (entry-point group ``fedsim.datasets``), as in-memory uint8 tensors.
 
 Embedded (no download): ``digits`` (scikit-learn's 8×8 handwritten digits,
 resized) and ``photos`` (square crops of scikit-image's sample photographs, one
 class per photograph). Real loaders: ``mnist`` and ``cifar10`` (torchvision,
 ``root`` and ``download``), ``imagefolder`` (a user's images, one sub-folder
 per class).
+
+Each is a :class:`~fedsim.data.source.DatasetSource` (:class:`Digits`, :class:`Photos`,
+:class:`MNIST`, :class:`CIFAR10`, :class:`ImageFolder`) calling its ``load_*`` function.
 """
 
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-class DataError(ValueError):
-    """A dataset cannot be loaded (missing files, bad folder); the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """Images and labels.
-
-    Attributes:
-        images: ``(N, C, H, W)`` uint8; pixel value ``v`` means intensity ``v / 255``.
-        labels: ``(N,)`` int64 in ``[0, num_classes)``.
-        class_names: one name per class.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: tuple[str, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.images.shape[1:]
-        return int(c), int(h), int(w)
-
-    def subset(self, indices: torch.Tensor | np.ndarray) -> ImageData:
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return ImageData(self.images[idx], self.labels[idx], self.class_names)
-
-    def batch(self, indices: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float images in [0, 1], ``(B, C, H, W)``, and their labels."""
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return self.images[idx].float() / 255.0, self.labels[idx]
-
+from fedsim.data.source import DataError, DatasetSource, ImageData, LoadOptions
 
 PHOTO_SOURCES = (
     "chelsea",
@@ -193,3 +159,75 @@ def load_imagefolder(root: Path, image_size: int, grayscale: bool) -> ImageData:
     ]
     labels = torch.tensor([t for _, t in folder.samples], dtype=torch.long)
     return ImageData(torch.cat(images), labels, tuple(folder.classes))
+
+
+def _root(options: LoadOptions) -> Path:
+    """``options.root`` of a dataset that :attr:`~DatasetSource.needs_root` (the scenario
+    refuses such a dataset without ``data.root``)."""
+    if options.root is None:
+        raise DataError("this dataset needs data.root")
+    return options.root
+
+
+class Digits(DatasetSource):
+    """:func:`load_digits`: 1,797 grey 8×8 digits, shipped with scikit-learn."""
+
+    name = "digits"
+    summary = "scikit-learn's 1,797 handwritten digits (8×8, grey), resized"
+    channels = 1
+    num_classes = 10
+
+    def load(self, options: LoadOptions) -> ImageData:
+        return load_digits(options.image_size)
+
+
+class Photos(DatasetSource):
+    """:func:`load_photos`: ``samples_per_class`` crops of each of scikit-image's photographs."""
+
+    name = "photos"
+    summary = "square crops of scikit-image's sample photographs, one class per photograph"
+    channels = 3
+    num_classes = len(PHOTO_SOURCES)
+
+    def load(self, options: LoadOptions) -> ImageData:
+        return load_photos(options.image_size, options.samples_per_class, options.seed)
+
+
+class MNIST(DatasetSource):
+    """:func:`load_mnist`: IDX files under ``data.root`` (fetched with ``data.download``)."""
+
+    name = "mnist"
+    summary = "MNIST from IDX files under data.root (data.download fetches them)"
+    channels = 1
+    num_classes = 10
+    needs_root = True
+
+    def load(self, options: LoadOptions) -> ImageData:
+        return load_mnist(_root(options), options.download, options.image_size)
+
+
+class CIFAR10(DatasetSource):
+    """:func:`load_cifar10`: torchvision's files under ``data.root`` (fetched with
+    ``data.download``)."""
+
+    name = "cifar10"
+    summary = "CIFAR-10 through torchvision, under data.root (data.download fetches it)"
+    channels = 3
+    num_classes = 10
+    needs_root = True
+
+    def load(self, options: LoadOptions) -> ImageData:
+        return load_cifar10(_root(options), options.download, options.image_size)
+
+
+class ImageFolder(DatasetSource):
+    """:func:`load_imagefolder`: the user's ``data.root/<class>/<image>`` files."""
+
+    name = "imagefolder"
+    summary = "the user's images, data.root/<class>/<image>"
+    channels = None
+    num_classes = None
+    needs_root = True
+
+    def load(self, options: LoadOptions) -> ImageData:
+        return load_imagefolder(_root(options), options.image_size, options.grayscale)

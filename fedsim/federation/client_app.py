@@ -34,8 +34,8 @@ from fedsim.api import LocalTraining, TrainingResult, Update
 from fedsim.defences.noise import ENGINE_NOISE, NoiseSource, noise_generator
 from fedsim.federation import protocol
 from fedsim.federation.defences import ClientDefences
-from fedsim.federation.setup import derive_seed, federated_data, model_factory
 from fedsim.federation.threads import torch_threads
+from fedsim.federation.trial_inputs import derive_seed, federated_data, model_factory
 from fedsim.metrics import pair_scores
 from fedsim.models.allowed import check_allowed
 from fedsim.scenario import Scenario

@@ -27,7 +27,7 @@ import torch
 
 from fedsim.api import Defence, Update, weighted_mean
 from fedsim.defences.noise import NoiseSource, noise_generator
-from fedsim.federation.setup import derive_seed
+from fedsim.federation.trial_inputs import derive_seed
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario
 

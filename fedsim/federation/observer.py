@@ -25,7 +25,7 @@ import torch
 from fedsim.api import Attack, Observation, Reconstruction, Update
 from fedsim.federation.participant import others_update
 from fedsim.federation.scoring import Scorer, ScoringError, Truth
-from fedsim.federation.setup import FederatedData, ModelFactory, derive_seed
+from fedsim.federation.trial_inputs import FederatedData, ModelFactory, derive_seed
 from fedsim.metrics import SUCCESS_PSNR, match_scores
 from fedsim.perceptual import PerceptualMetric, build_perceptual_metric
 from fedsim.registry import instantiate_attack

@@ -34,7 +34,8 @@ from fedsim.federation.defences import ServerAggregation
 from fedsim.federation.nodes import NodePlacement, error_summary
 from fedsim.federation.observer import AttackTap, ClientUpload, Progress
 from fedsim.federation.scoring import OnClientScorer, Scorer, ScoringMode, SharedTruthScorer
-from fedsim.federation.setup import (
+from fedsim.federation.threads import torch_threads
+from fedsim.federation.trial_inputs import (
     FederatedData,
     ModelFactory,
     derive_seed,
@@ -42,8 +43,7 @@ from fedsim.federation.setup import (
     model_factory,
     resolve_device,
 )
-from fedsim.federation.threads import torch_threads
-from fedsim.models.start import start_model
+from fedsim.models.checkpoint import start_model
 from fedsim.results.store import ResultsStore
 from fedsim.scenario import Scenario, Trial
 

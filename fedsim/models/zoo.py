@@ -1,12 +1,23 @@
 """Model zoo: the DLG paper's LeNet, a generic bias-free ConvNet (COPA's CNN3
-family as presets), and user models by import path.
+family as presets), and every other model by entry-point name or import path.
 
 Every model maps ``(B, C, H, W)`` images in [0, 1] to ``(B, num_classes)`` logits.
+
+Constructor contract (models of the ``fedsim.models`` entry-point group and import
+paths ``"pkg.module:Class"`` alike): ``Class(input_shape=(C, H, W), num_classes=K,
+**options)``. ``input_shape`` and ``num_classes`` come from the scenario's data and
+are passed only to a constructor that names them as parameters (so a class taking
+neither still works); ``options`` are the scenario's ``[model] kwargs`` (an entry
+of the same name takes precedence), or, for the zoo models :data:`ZOO_MODELS`, the
+``[model]`` keys ``activation``, ``output_activation``, ``negative_slope`` and
+(``convnet``) ``layers``/``preset``. Construction runs under a seeded RNG, so the
+initial parameters depend only on the arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,9 +25,14 @@ from torch import nn
 
 from fedsim.models.errors import one_line
 from fedsim.models.imports import import_model_class
+from fedsim.registry import registered_models
 
 ZOO_MODELS = ("lenet", "convnet")
-"""The built-in models, by name."""
+"""fedsim's models (entry points of the ``fedsim.models`` group) whose options are the
+``[model]`` keys rather than ``[model] kwargs``."""
+
+CONTRACT_ARGUMENTS = ("input_shape", "num_classes")
+"""What every model constructor may take from the data (see the module docstring)."""
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -32,6 +48,10 @@ CNN3_PRESETS: dict[str, list[tuple[int, int, int]]] = {
     "cnn3-3": [(3, 6, 1), (3, 9, 1)],
     "cnn3-4": [(3, 1, 1), (3, 6, 1)],
 }
+
+
+DEFAULT_CONVNET_LAYERS = tuple(CNN3_PRESETS["cnn3-1"])
+"""``convnet``'s layers when built without any (a scenario always states them)."""
 
 
 def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
@@ -53,20 +73,20 @@ class LeNet(nn.Module):
     padding 2) with 12 channels, an activation after each, and one linear layer.
     Weights and biases are drawn from U(-0.5, 0.5) as in the paper's demo.
 
-    Needs H and W divisible by 4. ``output_activation`` (default none) follows the head.
+    ``input_shape`` is ``(C, H, W)`` with H and W divisible by 4. ``output_activation``
+    (default none) follows the head.
     """
 
     def __init__(
         self,
-        in_channels: int,
-        image_size: tuple[int, int],
+        input_shape: tuple[int, int, int],
         num_classes: int,
-        activation: str,
+        activation: str = "sigmoid",
         output_activation: str = "none",
         negative_slope: float = 0.01,
     ) -> None:
         super().__init__()
-        height, width = image_size
+        in_channels, height, width = input_shape
         if height % 4 or width % 4:
             raise ValueError(f"lenet needs image sides divisible by 4, got {height}×{width}")
         self.body = nn.Sequential(
@@ -91,18 +111,18 @@ class ConvNet(nn.Module):
     """A plain chain of bias-free, unpadded convolutions, each followed by the same
     activation, then one fully-connected layer with bias to the classes.
 
-    ``layers`` lists ``(kernel, out_channels, stride)`` from the input upwards;
-    ``output_activation`` (default none) follows the fully-connected layer, as in
-    COPA's experiments (Tanh on every layer; LeakyReLU convs with a Sigmoid output).
+    ``input_shape`` is ``(C, H, W)``; ``layers`` lists ``(kernel, out_channels, stride)``
+    from the input upwards (default :data:`DEFAULT_CONVNET_LAYERS`); ``output_activation``
+    (default none) follows the fully-connected layer, as in COPA's experiments (Tanh on
+    every layer; LeakyReLU convs with a Sigmoid output).
     """
 
     def __init__(
         self,
-        in_channels: int,
-        image_size: tuple[int, int],
+        input_shape: tuple[int, int, int],
         num_classes: int,
-        layers: Sequence[tuple[int, int, int]],
-        activation: str,
+        layers: Sequence[tuple[int, int, int]] = DEFAULT_CONVNET_LAYERS,
+        activation: str = "sigmoid",
         output_activation: str = "none",
         negative_slope: float = 0.01,
     ) -> None:
@@ -110,7 +130,8 @@ class ConvNet(nn.Module):
         if not layers:
             raise ValueError("convnet needs at least one conv layer")
         modules: list[nn.Module] = []
-        channels, (height, width) = in_channels, image_size
+        channels, height, width = input_shape
+        image_size = (height, width)
         for kernel, out_channels, stride in layers:
             height = (height - kernel) // stride + 1
             width = (width - kernel) // stride + 1
@@ -132,6 +153,80 @@ class ConvNet(nn.Module):
         return logits if self.out is None else self.out(logits)
 
 
+def model_class(name: str) -> type[nn.Module]:
+    """The class of model ``name``: an entry point of the ``fedsim.models`` group, else an
+    import path ``"pkg.module:Class"`` (checked before its module runs, see
+    :mod:`fedsim.models.imports`).
+
+    Raises:
+        ValueError: a malformed or unimportable path, or not an ``nn.Module`` subclass.
+    """
+    return import_model_class(registered_models().get(name, name))
+
+
+def zoo_options(
+    name: str,
+    *,
+    activation: str,
+    layers: Sequence[Sequence[int]] | None,
+    preset: str | None,
+    output_activation: str,
+    negative_slope: float,
+) -> dict[str, Any]:
+    """The constructor options of zoo model ``name`` (one of :data:`ZOO_MODELS`).
+
+    Raises:
+        ValueError: ``convnet`` with neither ``layers`` nor ``preset``.
+    """
+    options: dict[str, Any] = {
+        "activation": activation,
+        "output_activation": output_activation,
+        "negative_slope": negative_slope,
+    }
+    if name == "convnet":
+        spec = CNN3_PRESETS[preset] if preset else layers
+        if spec is None:
+            raise ValueError("convnet needs `layers` or `preset`")
+        options["layers"] = [tuple(int(v) for v in layer) for layer in spec]
+    return options
+
+
+def contract_arguments(
+    cls: type[nn.Module], input_shape: tuple[int, int, int], num_classes: int
+) -> dict[str, Any]:
+    """``input_shape`` and ``num_classes``, each only if ``cls``'s constructor names it."""
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no signature to read (e.g. a C extension type)
+        return {}
+    named = {
+        key for key, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    values = {"input_shape": input_shape, "num_classes": num_classes}
+    return {key: values[key] for key in CONTRACT_ARGUMENTS if key in named}
+
+
+def construct(
+    name: str,
+    cls: type[nn.Module],
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    options: Mapping[str, Any],
+) -> nn.Module:
+    """``cls`` built by the constructor contract (module docstring) with ``options``.
+
+    Raises:
+        ValueError: the constructor failed (one line, naming ``options`` as kwargs).
+    """
+    try:
+        return cls(**{**contract_arguments(cls, input_shape, num_classes), **options})
+    except Exception as exc:  # the model's constructor: any failure is bad input
+        raise ValueError(
+            f"model {name!r} cannot be built with kwargs {dict(options)}: "
+            f"{type(exc).__name__}: {one_line(exc)}"
+        ) from None
+
+
 def build_model(
     name: str,
     *,
@@ -148,12 +243,15 @@ def build_model(
     """Build a model whose initial parameters depend only on the arguments.
 
     Args:
-        name: ``lenet``, ``convnet`` or an import path ``"pkg.module:Class"``
-            (constructed with ``**kwargs``).
+        name: an entry point of the ``fedsim.models`` group (``lenet``, ``convnet``,
+            a registered model) or an import path ``"pkg.module:Class"``; built by the
+            constructor contract of this module's docstring.
         input_shape: ``(C, H, W)``.
+        num_classes: ``K``, the number of logits.
         activation: one of :data:`ACTIVATIONS` (zoo models only).
         layers: ``convnet`` layers as ``(kernel, channels, stride)``.
         preset: a key of :data:`CNN3_PRESETS` instead of ``layers``.
+        kwargs: the options of a model that is not in the zoo.
         seed: seeds the parameter initialisation.
         output_activation: ``"none"`` or an :data:`ACTIVATIONS` key applied to the
             logits (zoo models only).
@@ -164,32 +262,17 @@ def build_model(
             imported (see :mod:`fedsim.models.imports`), built with ``kwargs`` or run
             on ``input_shape``, or whose output is not ``(B, num_classes)``; one line.
     """
-    channels, height, width = input_shape
+    cls = model_class(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "lenet":
-            model: nn.Module = LeNet(
-                channels, (height, width), num_classes, activation, output_activation,
-                negative_slope,
+        if name in ZOO_MODELS:  # their own errors are one line already
+            options = zoo_options(
+                name, activation=activation, layers=layers, preset=preset,
+                output_activation=output_activation, negative_slope=negative_slope,
             )  # fmt: skip
-        elif name == "convnet":
-            spec = CNN3_PRESETS[preset] if preset else layers
-            if spec is None:
-                raise ValueError("convnet needs `layers` or `preset`")
-            triples = [tuple(int(v) for v in layer) for layer in spec]
-            model = ConvNet(
-                channels, (height, width), num_classes, triples, activation,  # type: ignore[arg-type]
-                output_activation, negative_slope,
-            )  # fmt: skip
+            model = cls(input_shape=input_shape, num_classes=num_classes, **options)
         else:
-            cls = import_model_class(name)
-            try:
-                model = cls(**(kwargs or {}))
-            except Exception as exc:  # the user's constructor: any failure is bad input
-                raise ValueError(
-                    f"model {name!r} cannot be built with kwargs {kwargs or {}}: "
-                    f"{type(exc).__name__}: {one_line(exc)}"
-                ) from None
+            model = construct(name, cls, input_shape, num_classes, kwargs or {})
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, *input_shape))

@@ -1,5 +1,6 @@
-"""What the ServerApp and every ClientApp derive from one :class:`Scenario`:
-the data split, the client shards, the model factory and derived seeds.
+"""A trial's inputs, as the ServerApp and every ClientApp derive them from one
+:class:`Scenario`: the data split, the client shards, the model factory and derived
+seeds.
 
 Derivation is deterministic, so each process (Flower may run clients in other
 processes or on other machines) computes the same split on its own.
@@ -18,18 +19,10 @@ import torch
 from flwr_datasets.partitioner import Partitioner
 from torch import nn
 
-from fedsim.data.datasets import (
-    DataError,
-    ImageData,
-    load_cifar10,
-    load_digits,
-    load_imagefolder,
-    load_mnist,
-    load_photos,
-)
 from fedsim.data.partition import client_partitioner, partition_positions, train_test_split
+from fedsim.data.source import DataError, ImageData, LoadOptions
 from fedsim.models.zoo import build_model
-from fedsim.registry import instantiate_defence
+from fedsim.registry import discover, instantiate_defence
 from fedsim.scenario import DataConfig, DefenceConfig, ModelConfig, Scenario
 
 
@@ -40,17 +33,17 @@ def derive_seed(*parts: object) -> int:
 
 
 def load_images(config: DataConfig, seed: int) -> ImageData:
-    """Load the configured dataset (optionally capped to ``max_samples``, class-balanced order)."""
-    if config.dataset == "digits":
-        data = load_digits(config.image_size)
-    elif config.dataset == "photos":
-        data = load_photos(config.image_size, config.samples_per_class, seed)
-    elif config.dataset == "mnist":
-        data = load_mnist(config.root, config.download, config.image_size)  # type: ignore[arg-type]
-    elif config.dataset == "cifar10":
-        data = load_cifar10(config.root, config.download, config.image_size)  # type: ignore[arg-type]
-    else:
-        data = load_imagefolder(config.root, config.image_size, config.grayscale)  # type: ignore[arg-type]
+    """Load the configured dataset plugin (``fedsim.datasets`` group), keep ``classes``,
+    and cap it to ``max_samples`` (a seeded choice, in the dataset's order)."""
+    options = LoadOptions(
+        root=config.root,
+        download=config.download,
+        image_size=config.image_size,
+        grayscale=config.grayscale,
+        samples_per_class=config.samples_per_class,
+        seed=seed,
+    )
+    data = discover().datasets[config.dataset]().load(options)
     if config.classes is not None:
         data = select_classes(data, config.classes)
     if config.max_samples is not None and len(data.labels) > config.max_samples:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.data.datasets import ImageData
+from fedsim.data.source import ImageData
 from fedsim.models.errors import one_line
 from fedsim.scenario import ModelConfig
 

@@ -1,0 +1,86 @@
+"""Scenario checks that need the data and the model, run before anything is written.
+
+:func:`preflight` loads each distinct data split and builds its model once, so that a
+scenario whose data, model, checkpoint, training or defences do not fit is refused
+with a :class:`~fedsim.scenario.ScenarioError` before a run directory exists. The
+checks that need neither (keys, values, plugin names and parameters, threat models,
+defence stages) run when the scenario is loaded (:mod:`fedsim.scenario`).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedsim.data.source import DataError
+from fedsim.federation.trial_inputs import federated_data, model_factory
+from fedsim.models.checkpoint import CheckpointError, load_checkpoint
+from fedsim.registry import instantiate_defence
+from fedsim.scenario import Scenario, ScenarioError, Trial
+from fedsim.training.racecar import UnsupportedModel, check_racecar_model, layer_weights
+
+
+def preflight(trials: list[Trial], source: str) -> None:
+    """Load each distinct data split and build the model once, so that errors come
+    before any directory is created."""
+    seen: set[str] = set()
+    for trial in trials:
+        scenario = trial.scenario
+        key = (
+            scenario.data.model_dump_json()
+            + scenario.model.model_dump_json()
+            + str((scenario.federation.num_clients, scenario.seed))
+            + scenario.federation.training
+            + scenario.federation.racecar.model_dump_json()
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            data = federated_data(scenario)
+        except (DataError, ValueError) as exc:
+            raise ScenarioError(source, ("data",), str(exc)) from None
+        try:
+            model = model_factory(scenario, data)()
+        except (ValueError, TypeError) as exc:
+            raise ScenarioError(source, ("model",), str(exc)) from None
+        if scenario.model.checkpoint is not None:
+            try:
+                load_checkpoint(model, scenario.model.checkpoint.expanduser())
+            except CheckpointError as exc:
+                raise ScenarioError(source, ("model", "checkpoint"), str(exc)) from None
+        _check_training(scenario, model, data.input_shape, source)
+        for i, config in enumerate(scenario.defences):
+            reason = instantiate_defence(config.name, config.params).supports(model)
+            if reason:
+                raise ScenarioError(source, ("defences", i), reason)
+        if len(data.test.labels) == 0:
+            raise ScenarioError(
+                source,
+                ("data", "test_fraction"),
+                "leaves the test split empty; raise it or use more samples per class",
+            )
+        fed = scenario.federation
+        smallest = min(data.shards.sizes())
+        if fed.protocol == "fedsgd" and fed.batch_size > smallest:
+            raise ScenarioError(
+                source,
+                ("federation", "batch_size"),
+                f"{fed.batch_size} exceeds the smallest client shard ({smallest} samples)",
+            )
+
+
+def _check_training(
+    scenario: Scenario, model: nn.Module, input_shape: tuple[int, int, int], source: str
+) -> None:
+    """Racecar training needs a conv/linear chain and one λ per layer (or a single one)."""
+    fed = scenario.federation
+    if fed.training != "racecar":
+        return
+    try:
+        layers = check_racecar_model(model, input_shape)
+    except UnsupportedModel as exc:
+        raise ScenarioError(source, ("model",), f"racecar training: {exc}") from None
+    try:
+        layer_weights(fed.racecar.lambdas, layers)
+    except ValueError as exc:
+        raise ScenarioError(source, ("federation", "racecar", "lambdas"), str(exc)) from None
