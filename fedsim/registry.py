@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, TypeVar
 
 from fedsim.api import STAGE_HOOKS, Attack, Defence, missing_hooks
 
@@ -36,14 +36,16 @@ DEFENCE_GROUP = "fedsim.defences"
 MODEL_GROUP = "fedsim.models"
 BUILTIN_DISTRIBUTION = "fedsim"
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Plugins:
     """Discovered plugins by entry-point name, the ones that failed to load, and name
     clashes between distributions (both keyed ``"group:name"``, valued by one line)."""
 
-    attacks: dict[str, type[Attack]]
-    defences: dict[str, type[Defence]]
+    attacks: dict[str, type[Attack[Any]]]
+    defences: dict[str, type[Defence[Any]]]
     broken: dict[str, str]
     clashes: dict[str, str]
 
@@ -79,9 +81,9 @@ def _unambiguous(group: str, clashes: dict[str, str]) -> list[EntryPoint]:
 
 
 def _load(
-    group: str, base: type, broken: dict[str, str], clashes: dict[str, str]
-) -> dict[str, type]:
-    found: dict[str, type] = {}
+    group: str, base: type[T], broken: dict[str, str], clashes: dict[str, str]
+) -> dict[str, type[T]]:
+    found: dict[str, type[T]] = {}
     for ep in _unambiguous(group, clashes):
         try:
             obj = ep.load()
@@ -93,14 +95,14 @@ def _load(
         if not (isinstance(obj, type) and issubclass(obj, base)):
             broken[f"{group}:{ep.name}"] = f"{ep.value} is not a subclass of {base.__name__}"
             continue
-        if base is Defence and (problem := _defence_problem(obj)):
+        if base is Defence and issubclass(obj, Defence) and (problem := _defence_problem(obj)):
             broken[f"{group}:{ep.name}"] = f"{ep.value}: {problem}"
             continue
         found[ep.name] = obj
     return found
 
 
-def _defence_problem(cls: type[Defence]) -> str | None:
+def _defence_problem(cls: type[Defence[Any]]) -> str | None:
     """Why a defence class cannot be used, or ``None``."""
     unknown = [s for s in cls.stages if s not in STAGE_HOOKS]
     if not cls.stages or unknown:
@@ -126,13 +128,13 @@ def registered_models() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=MODEL_GROUP)}
 
 
-def instantiate_attack(name: str, params: Mapping[str, Any]) -> Attack:
+def instantiate_attack(name: str, params: Mapping[str, Any]) -> Attack[Any]:
     """An attack plugin ``name`` built with ``params`` (validated by its ``Params``)."""
     cls = discover().attacks[name]
     return cls(cls.Params(**params))
 
 
-def instantiate_defence(name: str, params: Mapping[str, Any]) -> Defence:
+def instantiate_defence(name: str, params: Mapping[str, Any]) -> Defence[Any]:
     """A defence plugin ``name`` built with ``params`` (validated by its ``Params``)."""
     cls = discover().defences[name]
     return cls(cls.Params(**params))

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.attacks.labels import find_head
+from fedsim.api import Regulariser
+from fedsim.inversion.labels import find_head
 
 Init = Literal["normal", "uniform"]
 Optimizer = Literal["lbfgs", "adam"]
@@ -34,8 +35,6 @@ StepCallback = Callable[[int, torch.Tensor], "bool | None"]
 """``on_step(step, images)`` of :func:`match_gradients`: called after every optimiser
 step with the 0-based step index and the current dummy images (detached, not
 clamped); returning ``True`` stops the search."""
-Regulariser = Callable[[torch.Tensor], torch.Tensor]
-"""``(B, C, H, W)`` images → a scalar added to the cross-entropy (the clients' extra loss)."""
 
 
 class Distance(ABC):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import fedsim
-from fedsim.defences.noise import ENGINE_NOISE
+from fedsim.privacy.noise import ENGINE_NOISE
 from fedsim.results.environment import describe_environment
 
 CSV_COLUMNS = (

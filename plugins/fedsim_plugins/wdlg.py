@@ -76,7 +76,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from fedsim.api import Distance, MatchConfig, MatchingAttack, MatchingParams, Observation
+from fedsim.api import Observation
+from fedsim.inversion.gradient_matching import Distance, MatchConfig
+from fedsim.inversion.matching import MatchingAttack, MatchingParams
 
 Constraint = Literal["projection", "clip", "penalty"]
 CriticKind = Literal["linear", "mlp"]
@@ -278,13 +280,13 @@ class WDLGParams(MatchingParams):
         return self
 
 
-class WDLG(MatchingAttack):
+class WDLG(MatchingAttack[WDLGParams]):
     name = "wdlg"
     summary = "WDLG: recovered labels, Wasserstein-1 gradient distance (KR critic or exact 1-D)."
     Params = WDLGParams
 
     def match_config(self, observation: Observation) -> MatchConfig:
-        return config(self.params, observation.seed)  # type: ignore[arg-type]
+        return config(self.params, observation.seed)
 
 
 def config(params: WDLGParams, seed: int) -> MatchConfig:
