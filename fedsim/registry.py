@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, TypeVar
+from typing import Any
 
 from fedsim.api import STAGE_HOOKS, Attack, Defence, missing_hooks
 
@@ -35,8 +35,6 @@ ATTACK_GROUP = "fedsim.attacks"
 DEFENCE_GROUP = "fedsim.defences"
 MODEL_GROUP = "fedsim.models"
 BUILTIN_DISTRIBUTION = "fedsim"
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,9 +79,9 @@ def _unambiguous(group: str, clashes: dict[str, str]) -> list[EntryPoint]:
 
 
 def _load(
-    group: str, base: type[T], broken: dict[str, str], clashes: dict[str, str]
-) -> dict[str, type[T]]:
-    found: dict[str, type[T]] = {}
+    group: str, base: type, broken: dict[str, str], clashes: dict[str, str]
+) -> dict[str, type]:
+    found: dict[str, type] = {}
     for ep in _unambiguous(group, clashes):
         try:
             obj = ep.load()

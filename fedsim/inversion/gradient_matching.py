@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +250,7 @@ def unrolled_gradient(
     """
     start = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
-    theta = dict(start)
+    theta: dict[str, torch.Tensor] = dict(start)
     per_epoch = math.ceil(len(images) / local.batch_size)
     for step in range(local.steps):
         first = (step % per_epoch) * local.batch_size
@@ -314,7 +314,9 @@ def _dummy_images(shape: tuple[int, ...], init: Init, generator: torch.Generator
     return torch.rand(shape, generator=generator)
 
 
-def _optimizer(leaves: list[torch.Tensor], config: MatchConfig) -> torch.optim.Optimizer:
+def _optimizer(
+    leaves: list[torch.Tensor], config: MatchConfig
+) -> torch.optim.LBFGS | torch.optim.Adam:
     if config.optimizer == "lbfgs":
         return torch.optim.LBFGS(
             leaves, lr=config.lr, max_iter=config.max_iter, history_size=config.history_size,
@@ -377,21 +379,23 @@ def _dummy_batch(
 @contextmanager
 def _onednn(enabled: bool) -> Iterator[None]:
     """Turn PyTorch's oneDNN (mkldnn) CPU kernels on or off, restoring the flag after."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
+    # A property of the module object at run time (a bool), declared as its descriptor.
+    mkldnn: Any = torch.backends.mkldnn
+    before = mkldnn.enabled
+    mkldnn.enabled = enabled
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = before
+        mkldnn.enabled = before
 
 
-def _time_backends(evaluate: Callable[[], object], rounds: int = 3) -> tuple[str, int]:
+def _time_backends(evaluate: Callable[[], object], rounds: int = 3) -> tuple[ConvBackend, int]:
     """Fastest CPU convolution backend for ``evaluate`` and the evaluations spent.
 
     Alternates the two backends (so a change in machine load hits both) after one
     warm-up each and compares the best time of ``rounds`` evaluations.
     """
-    best = {"default": math.inf, "native": math.inf}
+    best: dict[ConvBackend, float] = {"default": math.inf, "native": math.inf}
     for trial in range(rounds + 1):
         for backend in best:
             with _onednn(backend == "default"):
@@ -454,7 +458,7 @@ def match_gradients(
             )  # fmt: skip
             probe = _Objective(model, matched, x, y, labels is None, config, regulariser)
             backend, evaluations = _time_backends(probe)
-    with _onednn(torch.backends.mkldnn.enabled and backend != "native"):
+    with _onednn(bool(torch.backends.mkldnn.enabled) and backend != "native"):
         result = _match(
             model, target, input_shape, batch_size, num_classes, labels, config, seed, on_step,
             regulariser,
@@ -481,7 +485,7 @@ def _matched(model: nn.Module, target: Mapping[str, torch.Tensor], config: Match
     if unknown:
         raise KeyError(f"update names parameters the model lacks: {unknown}")
     names = [n for n in named if n in target]
-    params = [named[n] for n in names]
+    params: list[torch.Tensor] = [named[n] for n in names]
     targets = [target[n].to(device=params[0].device, dtype=params[0].dtype) for n in names]
     make_distance = (
         DISTANCES[config.distance] if isinstance(config.distance, str) else config.distance
@@ -525,7 +529,7 @@ def _match(
         diverged = False
         stop = False
         for step in range(config.iterations):
-            if config.optimizer == "lbfgs":
+            if isinstance(optimizer, torch.optim.LBFGS):  # config.optimizer == "lbfgs"
                 value = float(optimizer.step(closure))
             else:
                 value = float(closure())

@@ -202,7 +202,7 @@ class DPSGD(Defence[DPSGDParams]):
                 result = self._run(task, model, optimizer, private_loader, before)
             finally:
                 hooks.cleanup()
-        self.history = [tuple(h) for h in engine.accountant.history]  # type: ignore[misc]
+        self.history = [tuple(h) for h in engine.accountant.history]
         epsilon = (
             engine.accountant.get_epsilon(self.params.delta)
             if self.params.noise_multiplier > 0
@@ -240,7 +240,7 @@ class DPSGD(Defence[DPSGDParams]):
                 if optimizer.pre_step():
                     meter.measure(optimizer)
                     if task.protocol == "fedsgd":
-                        gradient = {n: q.grad.detach().clone() for n, q in model.named_parameters()}
+                        gradient = {n: _gradient(q) for n, q in model.named_parameters()}
                         return TrainingResult(
                             gradient, _mean(losses), 1, (x, y),
                             optimizer.expected_batch_size, meter.as_dict(),
@@ -257,7 +257,14 @@ class DPSGD(Defence[DPSGDParams]):
         return {"history": [list(h) for h in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = [tuple(h) for h in state["history"]]  # type: ignore[misc]
+        self.history = [tuple(h) for h in state["history"]]
+
+
+def _gradient(parameter: torch.Tensor) -> torch.Tensor:
+    """A copy of ``parameter``'s gradient (the privatised one after Opacus's step)."""
+    if parameter.grad is None:
+        raise ValueError("a parameter has no gradient after the private step")
+    return parameter.grad.detach().clone()
 
 
 def _mean(values: list[float]) -> float:
