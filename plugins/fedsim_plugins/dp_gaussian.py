@@ -22,11 +22,12 @@ Why not Flower's wrapper and mods themselves: fedsim's strategy
 attack tap, and Flower's accounted wrappers refuse any strategy whose
 ``aggregate_train`` is not FedAvg's; they clip ``reply − global weights``,
 whereas fedsim's uploads are already gradients or deltas; and their noise
-comes from NumPy's global random state. So this plugin reuses Flower's
-clipping, ``compute_stdv`` and RDP accountant (``fedsim.api.clip_update``,
-``GaussianAccountant``) and draws the noise from fedsim's generator (seeded
-from the scenario in simulation; from the client's OS entropy on the
-deployment engine, so the server cannot replay a client's noise).
+comes from NumPy's global random state. So this plugin reuses Flower's flat
+clipping rule (``fedsim.privacy.noise.clip_update``), ``compute_stdv`` and RDP
+accountant (``fedsim.privacy.accounting.GaussianAccountant``) and draws the
+noise from fedsim's generator (seeded from the scenario in simulation; from
+the client's OS entropy on the deployment engine, so the server cannot replay
+a client's noise).
 Both placements account without amplification by sampling (as Flower's
 fixed-clipping accounting does): ε is an upper bound.
 
