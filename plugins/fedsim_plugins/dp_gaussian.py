@@ -11,7 +11,7 @@ one such release per round it takes part in and keeps its history in Flower's
 ``placement = "server"`` (central DP, Flower's
 ``DifferentialPrivacyServerSideFixedClipping``): the server clips every upload
 to ``C``, averages them uniformly and adds ``N(0, (z·C/m)²)`` to the mean of
-``m`` uploads (Flower's ``compute_stdv``). Adding or removing one client moves
+``m`` uploads (the std of Flower's ``compute_stdv``). Adding or removing one client moves
 the sum by at most ``C``, so each round is a Gaussian mechanism with
 multiplier ``z``; ε (client-level central DP) holds for what leaves the
 server, i.e. for participants, not against the server itself, which sees the
@@ -22,8 +22,8 @@ Why not Flower's wrapper and mods themselves: fedsim's strategy
 attack tap, and Flower's accounted wrappers refuse any strategy whose
 ``aggregate_train`` is not FedAvg's; they clip ``reply − global weights``,
 whereas fedsim's uploads are already gradients or deltas; and their noise
-comes from NumPy's global random state. So this plugin reuses Flower's flat
-clipping rule (``fedsim.privacy.noise.clip_update``), ``compute_stdv`` and RDP
+comes from NumPy's global random state. So this plugin follows Flower's flat
+clipping rule (``fedsim.privacy.noise.clip_update``) and noise std, reuses its RDP
 accountant (``fedsim.privacy.accounting.GaussianAccountant``) and draws the
 noise from fedsim's generator (seeded from the scenario in simulation; from
 the client's OS entropy on the deployment engine, so the server cannot replay
@@ -44,7 +44,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from flwr.supercore.differential_privacy import compute_stdv
 from pydantic import Field
 
 from fedsim.api import Defence, DefenceParams, Stage, Update
@@ -105,7 +104,7 @@ class DPGaussian(Defence[DPGaussianParams]):
         needs equal weights), add noise of std ``z·C/m``."""
         clipped, norms = zip(*(clip_update(u, self.params.clip_norm) for u in updates), strict=True)
         mean = weighted_mean(clipped, [1.0] * len(clipped))
-        std = compute_stdv(self.params.noise_multiplier, self.params.clip_norm, len(clipped))
+        std = self.params.noise_multiplier * self.params.clip_norm / len(clipped)
         noisy, measured = add_gaussian_noise(mean, std, generator)
         self.accountant.release(self.params.noise_multiplier)
         return noisy, {
