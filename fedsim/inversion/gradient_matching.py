@@ -7,6 +7,13 @@ by position. The parts are interchangeable: a gradient distance (a key of
 :data:`DISTANCES`, or any :class:`Distance` factory), an image prior (total
 variation), an optimiser (L-BFGS or Adam) and a budget. DLG, iDLG, WDLG and
 Inverting Gradients are configurations of this one loop.
+
+Contract of :func:`match_gradients`: the target gradient is keyed by parameter
+name, each tensor shaped like the model's parameter of that name (a FedAvg delta
+must be converted first, or matched through :class:`LocalSGD`); it returns
+``(B, C, H, W)`` images clamped to [0, 1] and ``(B,)`` int64 labels
+(:class:`MatchResult`), seeded by ``seed`` alone. Attacks run it on an
+observation through :mod:`fedsim.inversion.matching`.
 """
 
 from __future__ import annotations
