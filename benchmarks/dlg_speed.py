@@ -25,8 +25,8 @@ from fedsim_plugins.dlg import config as dlg_config
 from rich.console import Console
 from rich.table import Table
 
-from fedsim.api import match_gradients
 from fedsim.data.datasets import load_photos
+from fedsim.inversion.gradient_matching import match_gradients
 from fedsim.models.zoo import build_model
 
 SHAPE = (3, 32, 32)

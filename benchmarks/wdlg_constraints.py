@@ -40,9 +40,9 @@ from flwr.app import ArrayRecord
 from rich.console import Console
 from rich.table import Table
 
-from fedsim.api import DISTANCES, match_gradients
 from fedsim.federation.client_app import local_update
 from fedsim.federation.trial_inputs import derive_seed, federated_data, model_factory
+from fedsim.inversion.gradient_matching import DISTANCES, match_gradients
 from fedsim.metrics import SUCCESS_PSNR, psnr
 from fedsim.scenario import Scenario, load, parse_override
 

@@ -1,98 +1,63 @@
-"""The public plugin API of fedsim: the only module a plugin needs to import.
+"""The contracts of fedsim's plugin API: what an attack or a defence plugin implements and receives.
 
-An *attack* receives an :class:`Observation` — exactly what an attacker at a
-given position may see in one federated round — and returns a
-:class:`Reconstruction`. A *defence* declares the :data:`Stage` it acts at —
-a client's upload before it leaves the client, the client's training itself
-(DP-SGD), or the server's aggregate (central DP) — transforms what passes
-there and reports what it measured. Plugins are registered through
-Python entry points (groups ``fedsim.attacks`` and ``fedsim.defences``); each
-entry point names a subclass of :class:`Attack` or :class:`Defence`.
+An *attack* (:class:`Attack`) receives an :class:`Observation` — exactly what an
+attacker at a given position may see in one federated round — and returns a
+:class:`Reconstruction`. A *defence* (:class:`Defence`) declares the :data:`Stage`
+it acts at — a client's upload before it leaves the client, the client's training
+itself (DP-SGD, given a :class:`LocalTraining`, returning a :class:`TrainingResult`),
+or the server's aggregate (central DP) — transforms what passes there and reports
+what it measured. Both are generic over their validated parameters
+(``class DLG(Attack[DLGParams])``, ``class Pruning(Defence[PruningParams])``), so
+``self.params`` has the plugin's own type. Plugins are registered through Python
+entry points (groups ``fedsim.attacks`` and ``fedsim.defences``); each entry point
+names a subclass of :class:`Attack` or :class:`Defence`.
 
 Ground truth (the client's real batch) never appears here: fedsim scores a
 reconstruction after the attack has returned.
+
+This module holds only the contracts and imports nothing else of fedsim but the
+threat model (:mod:`fedsim.threat`). The building blocks a plugin may reuse live
+in their own modules:
+
+- :mod:`fedsim.inversion.matching`: :class:`~fedsim.inversion.matching.MatchingAttack`,
+  :class:`~fedsim.inversion.matching.MatchingParams`,
+  :func:`~fedsim.inversion.matching.reconstruct_by_matching` (gradient-matching
+  attacks on an observation);
+- :mod:`fedsim.inversion.gradient_matching`: the gradient-matching engine
+  (:func:`~fedsim.inversion.gradient_matching.match_gradients`, ``MatchConfig``,
+  distances, total variation);
+- :mod:`fedsim.inversion.labels`: label recovery from the head's gradient
+  (:func:`~fedsim.inversion.labels.recover_labels`, iDLG, per-class counts);
+- :mod:`fedsim.inversion.analytic_attack`:
+  :func:`~fedsim.inversion.analytic_attack.reconstruct_analytically` (closed-form
+  layer-by-layer inversion of one sample);
+- :mod:`fedsim.analytic`: the closed-form layer inversion and rank analysis itself;
+- :mod:`fedsim.privacy.noise`: clipping, Gaussian noise and averaging of updates;
+- :mod:`fedsim.privacy.accounting`: the Gaussian mechanism's privacy accountant.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from fedsim.analytic.banded import BandedCholesky, spatial_major
-from fedsim.analytic.chain import Chain, Layer, UnsupportedModel, extract_chain
-from fedsim.analytic.conv import ConvGeometry, ConvOperator
-from fedsim.analytic.layers import Constraints, invert_linear, solve_conv_input
-from fedsim.analytic.recursive import (
-    ConvResult,
-    ConvSolver,
-    ConvStep,
-    invert_chain,
-    least_squares_step,
-    solve_diagnostics,
-)
-from fedsim.analytic.spectrum import top_right_singular_vectors
-from fedsim.attacks.gradient_matching import (
-    DISTANCES,
-    Distance,
-    LocalSGD,
-    MatchConfig,
-    MatchResult,
-    Regulariser,
-    match_gradients,
-    total_variation,
-    unrolled_gradient,
-)
-from fedsim.attacks.labels import (
-    Head,
-    batch_label_counts,
-    find_head,
-    idlg_label,
-    labels_from_counts,
-)
-from fedsim.defences.accounting import GaussianAccountant
-from fedsim.defences.noise import (
-    add_gaussian_noise,
-    clip_update,
-    global_norm,
-    noise_ratio,
-    weighted_mean,
-)
 from fedsim.threat import KNOWLEDGE, Knowledge, Position
 
 __all__ = [
-    "DISTANCES",
     "KNOWLEDGE",
+    "STAGE_HOOKS",
     "Attack",
     "AttackParams",
-    "BandedCholesky",
-    "Chain",
-    "Constraints",
-    "ConvGeometry",
-    "ConvOperator",
-    "ConvResult",
-    "ConvSolver",
-    "ConvStep",
     "Defence",
     "DefenceParams",
-    "Distance",
-    "FedAvgObjective",
-    "GaussianAccountant",
-    "Head",
     "Knowledge",
-    "Layer",
-    "LocalSGD",
     "LocalTraining",
-    "MatchConfig",
-    "MatchResult",
-    "MatchingAttack",
-    "MatchingParams",
     "Observation",
     "Position",
     "Reconstruction",
@@ -100,33 +65,9 @@ __all__ = [
     "Stage",
     "Status",
     "TrainingResult",
-    "UnsupportedModel",
     "Update",
     "UpdateKind",
-    "add_gaussian_noise",
-    "batch_label_counts",
-    "clip_update",
-    "extract_chain",
-    "find_head",
-    "global_norm",
-    "idlg_label",
-    "invert_chain",
-    "invert_linear",
-    "labels_from_counts",
-    "least_squares_step",
-    "local_sgd",
-    "match_gradients",
-    "noise_ratio",
-    "reconstruct_analytically",
-    "reconstruct_by_matching",
-    "recover_labels",
-    "solve_conv_input",
-    "solve_diagnostics",
-    "spatial_major",
-    "top_right_singular_vectors",
-    "total_variation",
-    "unrolled_gradient",
-    "weighted_mean",
+    "missing_hooks",
 ]
 
 UpdateKind = Literal["gradient", "delta"]
@@ -152,6 +93,10 @@ Stage = Literal["upload", "training", "aggregate"]
 Update = dict[str, torch.Tensor]
 """A model update keyed by parameter name (``model.named_parameters()``)."""
 
+Regulariser = Callable[[torch.Tensor], torch.Tensor]
+"""``(B, C, H, W)`` images in [0, 1] → a scalar tensor added to the mean cross-entropy
+(the clients' training loss beyond it, e.g. racecar's term)."""
+
 
 class AttackParams(BaseModel):
     """Base class of an attack's parameters; unknown keys are rejected."""
@@ -163,6 +108,13 @@ class DefenceParams(BaseModel):
     """Base class of a defence's parameters; unknown keys are rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+P = TypeVar("P", bound=AttackParams)
+"""An attack's parameter class."""
+
+D = TypeVar("D", bound=DefenceParams)
+"""A defence's parameter class."""
 
 
 @dataclass(frozen=True)
@@ -273,10 +225,12 @@ class Reconstruction:
         return cls(images=None, status="unsupported", reason=reason)
 
 
-class Attack(ABC):
+class Attack(ABC, Generic[P]):
     """An attacker plugin. Subclasses set the class attributes and implement
     :meth:`reconstruct`; fedsim validates the scenario's parameters against
-    :attr:`Params` and passes the validated instance to ``__init__``.
+    :attr:`Params` and passes the validated instance to ``__init__``. A subclass
+    names its parameter class twice: as the type argument (``Attack[DLGParams]``,
+    so that :attr:`params` is typed) and as :attr:`Params` (read at run time).
 
     Attributes:
         needs: the threat-model flags (:data:`Knowledge`) without which the attack
@@ -291,8 +245,8 @@ class Attack(ABC):
     needs: ClassVar[frozenset[Knowledge]] = frozenset({"model"})
     uses: ClassVar[frozenset[Knowledge]] = frozenset()
 
-    def __init__(self, params: AttackParams) -> None:
-        self.params = params
+    def __init__(self, params: P) -> None:
+        self.params: P = params
 
     def knowledge_needed(self, kind: UpdateKind) -> frozenset[Knowledge]:
         """The flags this instance needs to attack an update of ``kind`` (default :attr:`needs`)."""
@@ -360,8 +314,11 @@ class TrainingResult:
     measurements: dict[str, float] = field(default_factory=dict)
 
 
-class Defence:
+class Defence(Generic[D]):
     """A defence plugin. It declares where it acts and implements the hook of that stage.
+
+    Like :class:`Attack` it is generic over its parameter class
+    (``Defence[PruningParams]``), which it also names as :attr:`Params`.
 
     Attributes:
         stages: the :data:`Stage` values the defence can act at (shown by
@@ -405,8 +362,8 @@ class Defence:
     stages: ClassVar[tuple[Stage, ...]] = ("upload",)
     Params: ClassVar[type[DefenceParams]] = DefenceParams
 
-    def __init__(self, params: DefenceParams) -> None:
-        self.params = params
+    def __init__(self, params: D) -> None:
+        self.params: D = params
 
     @property
     def stage(self) -> Stage:
@@ -466,213 +423,10 @@ STAGE_HOOKS: dict[str, str] = {"upload": "apply", "training": "train", "aggregat
 """The :class:`Defence` method each stage calls."""
 
 
-def missing_hooks(cls: type[Defence]) -> list[str]:
+def missing_hooks(cls: type[Defence[Any]]) -> list[str]:
     """The hooks ``cls`` must implement for its declared stages but does not."""
     return [
         STAGE_HOOKS[stage]
         for stage in cls.stages
         if getattr(cls, STAGE_HOOKS[stage]) is getattr(Defence, STAGE_HOOKS[stage])
     ]
-
-
-def recover_labels(observation: Observation) -> torch.Tensor:
-    """The batch's labels read off the head's gradient, ``(B,)`` int64, sorted.
-
-    One sample: the iDLG rule (:func:`idlg_label`). Several: per-class counts
-    (:func:`batch_label_counts`). Raises ``ValueError`` if the model has no
-    linear layer with ``num_classes`` outputs.
-    """
-    model = observation.model()
-    head = find_head(model, observation.num_classes)
-    gradient = observation.gradient_estimate()
-    if observation.batch_size == 1:
-        return torch.tensor([idlg_label(gradient, head)])
-    counts = batch_label_counts(
-        gradient, head, model, input_shape=observation.input_shape,
-        batch_size=observation.batch_size, seed=observation.seed,
-    )  # fmt: skip
-    return labels_from_counts(counts)
-
-
-FedAvgObjective = Literal["delta_as_gradient", "unrolled"]
-"""How a gradient-matching attack reads a FedAvg weight delta: as the gradient
-``-delta / (lr · steps)``, or by simulating the local SGD steps (:class:`LocalSGD`)."""
-
-
-class MatchingParams(AttackParams):
-    """Budget and initialisation shared by the gradient-matching attacks."""
-
-    iterations: int = Field(300, ge=1, le=1_000_000, description="optimiser steps per restart")
-    lr: float = Field(1.0, gt=0.0, description="optimiser learning rate")
-    init: Literal["normal", "uniform"] = Field(
-        "normal", description="dummy image initialisation: N(0,1) or U(0,1)"
-    )
-    restarts: int = Field(1, ge=1, le=100, description="independent trials; lowest loss wins")
-    loss_threshold: float = Field(
-        0.0, ge=0.0, description="stop a restart once the objective is this low"
-    )
-    max_seconds: float | None = Field(None, gt=0.0, description="wall-time budget (all restarts)")
-    fedavg_objective: FedAvgObjective = Field(
-        "delta_as_gradient",
-        description="FedAvg deltas: matched as the gradient -delta/(lr*steps), or 'unrolled' "
-        "(the client's local SGD steps simulated on the dummy data)",
-    )
-
-    def budget(self) -> dict[str, Any]:
-        """The budget fields as :class:`MatchConfig` keyword arguments."""
-        return self.model_dump(include=set(MatchingParams.model_fields) - {"fedavg_objective"})
-
-
-class MatchingAttack(Attack):
-    """Base of the gradient-matching attacks: the threat model they share and their run.
-
-    They need the model and the batch size (the number of dummy images), and on a
-    FedAvg delta the local hyperparameters (the learning rate and steps that scale
-    the delta, and for ``fedavg_objective = "unrolled"`` the local batch size). Given
-    labels they use them; otherwise :attr:`recovers_labels` attacks read them off the
-    head's gradient (:func:`recover_labels`) and the others optimise them.
-    Subclasses implement :meth:`match_config`.
-    """
-
-    needs: ClassVar[frozenset[Knowledge]] = frozenset({"model", "batch_size"})
-    uses: ClassVar[frozenset[Knowledge]] = frozenset({"labels", "local_hyperparameters"})
-    recovers_labels: ClassVar[bool] = True
-
-    def knowledge_needed(self, kind: UpdateKind) -> frozenset[Knowledge]:
-        return self.needs | ({"local_hyperparameters"} if kind == "delta" else set())
-
-    @abstractmethod
-    def match_config(self, observation: Observation) -> MatchConfig:
-        """The engine's configuration for ``observation`` (without ``unroll``)."""
-
-    def reconstruct(self, observation: Observation) -> Reconstruction:
-        params: MatchingParams = self.params  # type: ignore[assignment]
-        labels, source = observation.labels, "given by the threat model (knows_labels)"
-        if labels is None and self.recovers_labels:
-            labels, source = recover_labels(observation), "recovered from the head's gradient"
-        elif labels is None:
-            source = "optimised jointly with the images"
-        result = reconstruct_by_matching(
-            observation, self.match_config(observation), labels, params.fedavg_objective
-        )
-        result.diagnostics["label_source"] = source
-        return result
-
-
-def local_sgd(observation: Observation) -> LocalSGD:
-    """The client's local training as the observation describes it (FedAvg).
-
-    The local batch size is :attr:`Observation.local_batch_size`, or the whole
-    batch when it is withheld.
-    """
-    return LocalSGD(
-        steps=observation.local_steps,
-        lr=observation.lr,
-        batch_size=observation.local_batch_size or observation.batch_size,
-    )
-
-
-DELTA_AS_GRADIENT = "weight delta treated as gradient: -delta / (lr * steps)"
-
-
-def reconstruct_by_matching(
-    observation: Observation,
-    config: MatchConfig,
-    labels: torch.Tensor | None = None,
-    fedavg_objective: FedAvgObjective = "delta_as_gradient",
-) -> Reconstruction:
-    """Run :func:`match_gradients` on ``observation`` and wrap the result.
-
-    With ``labels`` (e.g. from :func:`recover_labels`) only images are optimised
-    and the labels are recorded in the diagnostics as ``recovered_labels``. A
-    FedAvg delta is matched as a gradient, or with ``fedavg_objective =
-    "unrolled"`` through the simulated local steps (:func:`local_sgd`); the record
-    says which in ``diagnostics.gradient_source``. When the observation carries
-    the clients' :attr:`~Observation.training_regulariser`, the simulated gradient
-    includes it (not yet in the unrolled objective, which then says so as
-    ``unsupported``).
-    """
-    local = local_sgd(observation) if observation.kind == "delta" else None
-    known = observation.training_regulariser
-    if local is not None and fedavg_objective == "unrolled":
-        if known is not None:
-            return Reconstruction.unsupported(
-                "the unrolled FedAvg objective does not simulate the clients' extra "
-                "training term (racecar); use fedavg_objective = 'delta_as_gradient'"
-            )
-        config = dataclasses.replace(config, unroll=local)
-    model = observation.model()
-    result = match_gradients(
-        model, observation.gradient_estimate(),
-        input_shape=observation.input_shape, batch_size=observation.batch_size,
-        num_classes=observation.num_classes, labels=labels, config=config,
-        seed=observation.seed, regulariser=None if known is None else known(model),
-    )  # fmt: skip
-    diagnostics: dict[str, Any] = result.diagnostics()
-    if known is not None:
-        diagnostics["training_loss"] = "cross-entropy + the clients' regulariser (known)"
-    if labels is not None:
-        diagnostics["recovered_labels"] = labels.tolist()
-    if config.unroll is not None:
-        diagnostics["gradient_source"] = (
-            f"weight delta matched by unrolling {config.unroll.steps} local SGD steps "
-            f"(lr {config.unroll.lr:g}, local batch {config.unroll.batch_size})"
-        )
-    elif local is not None:
-        diagnostics["gradient_source"] = DELTA_AS_GRADIENT
-    if result.images is None:
-        return Reconstruction.failed(result.failure, **diagnostics)
-    return Reconstruction(result.images, result.labels, diagnostics=diagnostics)
-
-
-def reconstruct_analytically(
-    observation: Observation,
-    conv_solver: ConvSolver | None,
-    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> Reconstruction:
-    """Run the top-down recursion (:func:`invert_chain`) on one sample's update.
-
-    Returns ``unsupported`` (never raises) for a batch larger than one, a model
-    that is not a supported chain, or clients whose loss has a term beyond
-    cross-entropy (racecar training: the layer constraints assume it has none).
-    The label is recovered with the iDLG rule unless the observation carries
-    labels. ``postprocess`` maps the ``(1, C, H, W)`` image in [0, 1] to a new one
-    (e.g. denoising).
-    """
-    if observation.batch_size != 1:
-        return Reconstruction.unsupported(
-            f"analytic attacks here reconstruct a single image; this update comes from a batch of "
-            f"{observation.batch_size}"
-        )
-    if observation.training_regulariser is not None:
-        return Reconstruction.unsupported(
-            "the clients' loss has a term beyond cross-entropy (racecar training); the closed "
-            "form assumes dJ/dW = (dJ/dz) x^T, which that term breaks"
-        )
-    model = observation.model()
-    try:
-        chain = extract_chain(model, observation.input_shape)
-        inversion = invert_chain(chain, observation.gradient_estimate(), conv_solver)
-    except UnsupportedModel as exc:
-        return Reconstruction.unsupported(str(exc))
-    except ValueError as exc:
-        return Reconstruction.failed(str(exc))
-    raw = inversion.image.float()
-    images = raw.clamp(0, 1)[None]
-    if postprocess is not None:
-        images = postprocess(images)
-    diagnostics: dict[str, Any] = {
-        "layers": inversion.layers,
-        "raw_range": [float(raw.min()), float(raw.max())],
-        "clipped_before_inversion": inversion.clipped,
-    }
-    if observation.kind == "delta":
-        diagnostics["gradient_source"] = DELTA_AS_GRADIENT
-    if observation.labels is not None:
-        labels = observation.labels.detach().cpu().long()
-        diagnostics["label_source"] = "given by the threat model (knows_labels)"
-    else:
-        labels = recover_labels(observation)
-        diagnostics["label_source"] = "recovered (iDLG rule)"
-        diagnostics["recovered_labels"] = labels.tolist()
-    return Reconstruction(images.to(torch.float32), labels, diagnostics=diagnostics)

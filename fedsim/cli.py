@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -17,6 +17,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
+
+    from fedsim.api import Attack, Defence
 
 from fedsim.stopping import REQUEST, Interrupted, describe, exit_status, interrupt_on_sigterm
 
@@ -119,7 +121,7 @@ def _plugins(console: Console) -> int:
             table.add_column(column)
         for name, cls in plugins.items():
             try:
-                row = _plugin_row(kind, cls)
+                row = _plugin_row(cls)
             except Exception as exc:  # a third-party plugin's class may be faulty
                 failed[f"{kind}:{name}"] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -134,16 +136,18 @@ def _plugins(console: Console) -> int:
     return EXIT_OK
 
 
-def _plugin_row(kind: str, cls: type) -> tuple[str, str]:
+def _plugin_row(cls: type[Attack[Any]] | type[Defence[Any]]) -> tuple[str, str]:
     """A plugin's summary and parameters for ``fedsim plugins``."""
+    from fedsim.api import Attack
+
     params = "\n".join(
         f"{field} = {_default(info)}  {info.description or ''}".rstrip()
         for field, info in cls.Params.model_fields.items()
     )
     summary = str(cls.summary)
-    if kind == "attacks":
+    if issubclass(cls, Attack):
         summary += "\n" + _knowledge_summary(cls)
-    if kind == "defences":
+    else:
         summary += "\nacts at: " + " or ".join(STAGE_NAMES[s] for s in cls.stages)
         summary += "\nformal guarantee: " + (
             "yes (clipping + noise + accountant)" if cls.formal_guarantee else "no"
@@ -173,7 +177,7 @@ def _default(info: FieldInfo) -> str:
     return repr(info.get_default(call_default_factory=True))
 
 
-def _knowledge_summary(cls: type) -> str:
+def _knowledge_summary(cls: type[Attack[Any]]) -> str:
     """An attack's needed and usable threat-model flags, for ``fedsim plugins`` (with its
     default parameters; an attack with required parameters shows its class's ``needs``)."""
     from pydantic import ValidationError

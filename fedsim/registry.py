@@ -47,8 +47,8 @@ class Plugins:
     """Discovered plugins by entry-point name, the ones that failed to load, and name
     clashes between distributions (both keyed ``"group:name"``, valued by one line)."""
 
-    attacks: dict[str, type[Attack]]
-    defences: dict[str, type[Defence]]
+    attacks: dict[str, type[Attack[Any]]]
+    defences: dict[str, type[Defence[Any]]]
     datasets: dict[str, type[DatasetSource]]
     broken: dict[str, str]
     clashes: dict[str, str]
@@ -106,7 +106,7 @@ def _load(
     return found
 
 
-def _defence_problem(cls: type[Defence]) -> str | None:
+def _defence_problem(cls: type[Defence[Any]]) -> str | None:
     """Why a defence class cannot be used, or ``None``."""
     unknown = [s for s in cls.stages if s not in STAGE_HOOKS]
     if not cls.stages or unknown:
@@ -135,13 +135,13 @@ def registered_models() -> dict[str, str]:
     return {ep.name: ep.value for ep in _unambiguous(MODEL_GROUP, {})}
 
 
-def instantiate_attack(name: str, params: Mapping[str, Any]) -> Attack:
+def instantiate_attack(name: str, params: Mapping[str, Any]) -> Attack[Any]:
     """An attack plugin ``name`` built with ``params`` (validated by its ``Params``)."""
     cls = discover().attacks[name]
     return cls(cls.Params(**params))
 
 
-def instantiate_defence(name: str, params: Mapping[str, Any]) -> Defence:
+def instantiate_defence(name: str, params: Mapping[str, Any]) -> Defence[Any]:
     """A defence plugin ``name`` built with ``params`` (validated by its ``Params``)."""
     cls = discover().defences[name]
     return cls(cls.Params(**params))

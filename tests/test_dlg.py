@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from fedsim_plugins.dlg import DLG
 
-from fedsim.api import Attack, MatchConfig, Observation, Reconstruction, match_gradients
+from fedsim.api import Attack, Observation, Reconstruction
 from fedsim.data.datasets import load_photos
 from fedsim.federation.observer import run_attack
+from fedsim.inversion.gradient_matching import MatchConfig, match_gradients
 from fedsim.metrics import psnr
 from fedsim.models.zoo import build_model
 

@@ -18,10 +18,10 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim.cli import main
-from fedsim.defences.noise import ENGINE_NOISE
 from fedsim.federation.client_app import local_update
 from fedsim.federation.defences import ServerAggregation
 from fedsim.federation.trial_inputs import federated_data, model_factory
+from fedsim.privacy.noise import ENGINE_NOISE
 from fedsim.scenario import Scenario, expand
 
 CLIENT_NOISE_DEFENCES = {

@@ -12,7 +12,8 @@ from fedsim_plugins.gaussian_noise import GaussianNoise
 from fedsim_plugins.pruning import Pruning
 from fedsim_plugins.quantisation import Quantisation
 
-from fedsim.api import Defence, clip_update, global_norm, weighted_mean
+from fedsim.api import Defence
+from fedsim.privacy.noise import clip_update, global_norm, weighted_mean
 from fedsim.registry import _defence_problem
 from fedsim.scenario import ScenarioError, expand
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fedsim_plugins.gaussian_noise import GaussianNoise
 
-from fedsim.api import global_norm
+from fedsim.privacy.noise import global_norm
 
 # The sample std of n i.i.d. normal draws has relative standard error ≈ 1/sqrt(2n);
 # with n = 100,000 that is 0.22 %, so a 2 % tolerance is ~9 standard errors: it

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsim.api import batch_label_counts, find_head, idlg_label
 from fedsim.data.datasets import load_digits, load_photos
+from fedsim.inversion.labels import batch_label_counts, find_head, idlg_label
 from fedsim.models.zoo import build_model
 
 

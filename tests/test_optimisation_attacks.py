@@ -11,9 +11,11 @@ from fedsim_plugins.idlg import IDLG
 from fedsim_plugins.inverting_gradients import InvertingGradients
 from fedsim_plugins.wdlg import WDLG
 
-from fedsim.api import Attack, MatchConfig, Observation, reconstruct_by_matching
+from fedsim.api import Attack, Observation
 from fedsim.data.datasets import load_digits, load_photos
 from fedsim.federation.observer import run_attack
+from fedsim.inversion.gradient_matching import MatchConfig
+from fedsim.inversion.matching import reconstruct_by_matching
 from fedsim.metrics import psnr, score_batch
 from fedsim.models.zoo import build_model
 

@@ -11,9 +11,10 @@ import torch
 from fedsim_plugins.idlg import IDLG
 from flwr.app import ArrayRecord
 
-from fedsim.api import MatchingParams, Observation
+from fedsim.api import Observation
 from fedsim.federation.client_app import local_update
 from fedsim.federation.trial_inputs import federated_data, model_factory
+from fedsim.inversion.matching import MatchingParams
 from fedsim.metrics import score_batch
 from fedsim.preflight import preflight
 from fedsim.scenario import Scenario, ScenarioError, expand

@@ -9,16 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsim.attacks.gradient_matching import (
+from fedsim.cli import main
+from fedsim.data.datasets import load_photos
+from fedsim.federation.server_app import test_accuracy as accuracy_of
+from fedsim.federation.trial_inputs import federated_data, model_factory
+from fedsim.inversion.gradient_matching import (
     LocalSGD,
     MatchConfig,
     match_gradients,
     unrolled_gradient,
 )
-from fedsim.cli import main
-from fedsim.data.datasets import load_photos
-from fedsim.federation.server_app import test_accuracy as accuracy_of
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.metrics import psnr
 from fedsim.models.checkpoint import start_model
 from fedsim.models.zoo import build_model

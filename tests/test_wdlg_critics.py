@@ -15,7 +15,7 @@ from fedsim_plugins.wdlg import config as wdlg_config
 from pydantic import ValidationError
 from torch import nn
 
-from fedsim.api import match_gradients
+from fedsim.inversion.gradient_matching import match_gradients
 
 SIZE = 40
 BOUNDS = {"clip_value": 0.01, "penalty_weight": 10.0}

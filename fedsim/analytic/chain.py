@@ -137,10 +137,11 @@ class Layer:
         if self.kind == "linear":
             return y @ module.weight
         assert isinstance(module, nn.Conv2d)
-        stride, padding, kernel = module.stride, module.padding, module.kernel_size
+        geometry = self.geometry()
+        stride, padding, kernel = geometry.stride, geometry.padding, geometry.kernel
         size = self.input_shape[1:]
         output_padding = tuple(
-            size[i] - ((y.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + kernel[i])  # type: ignore[index,operator]
+            size[i] - ((y.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + kernel[i])
             for i in range(2)
         )
         return F.conv_transpose2d(

@@ -31,13 +31,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedsim.api import LocalTraining, TrainingResult, Update
-from fedsim.defences.noise import ENGINE_NOISE, NoiseSource, noise_generator
 from fedsim.federation import protocol
 from fedsim.federation.defences import ClientDefences
 from fedsim.federation.threads import torch_threads
 from fedsim.federation.trial_inputs import derive_seed, federated_data, model_factory
 from fedsim.metrics import pair_scores
 from fedsim.models.allowed import check_allowed
+from fedsim.privacy.noise import ENGINE_NOISE, NoiseSource, noise_generator
 from fedsim.scenario import Scenario
 from fedsim.training.objective import Objective, training_objective
 

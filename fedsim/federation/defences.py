@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from fedsim.api import Defence, Update, weighted_mean
-from fedsim.defences.noise import NoiseSource, noise_generator
+from fedsim.api import Defence, Update
 from fedsim.federation.trial_inputs import derive_seed
+from fedsim.privacy.noise import NoiseSource, noise_generator, weighted_mean
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario
 
@@ -39,7 +39,7 @@ class ActiveDefence:
     """A scenario's ``defences[index]``, instantiated."""
 
     index: int
-    defence: Defence
+    defence: Defence[Any]
 
     def prefixed(self, measurements: Mapping[str, float]) -> dict[str, float]:
         """Measurements keyed ``defence<index>.<key>``; NaN values are dropped

@@ -58,7 +58,7 @@ def defence_measurements(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith("defence")}
 
 
-def run_attack(attack: Attack, observation: Observation) -> Reconstruction:
+def run_attack(attack: Attack[Any], observation: Observation) -> Reconstruction:
     """Run ``attack``, turning exceptions and non-finite output into failure records."""
     if observation.batch_size == 0:
         return Reconstruction.unsupported(
@@ -274,7 +274,7 @@ class AttackTap:
         self,
         index: int,
         config: AttackConfig,
-        attack: Attack,
+        attack: Attack[Any],
         observation: Observation,
         result: Reconstruction,
         holders: list[ClientUpload],

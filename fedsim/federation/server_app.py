@@ -28,7 +28,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.api import Update
-from fedsim.defences.noise import NoiseSource
 from fedsim.federation import protocol
 from fedsim.federation.defences import ServerAggregation
 from fedsim.federation.nodes import NodePlacement, error_summary
@@ -44,6 +43,7 @@ from fedsim.federation.trial_inputs import (
     resolve_device,
 )
 from fedsim.models.checkpoint import start_model
+from fedsim.privacy.noise import NoiseSource
 from fedsim.results.store import ResultsStore
 from fedsim.scenario import Scenario, Trial
 

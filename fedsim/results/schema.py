@@ -25,7 +25,7 @@ from pydantic import (
     model_serializer,
 )
 
-from fedsim.defences.noise import NoiseSource
+from fedsim.privacy.noise import NoiseSource
 from fedsim.metrics import PSNR_PEAK
 
 SCHEMA_VERSION = 1

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fedsim
-from fedsim.defences.noise import ENGINE_NOISE, NoiseSource
+from fedsim.privacy.noise import ENGINE_NOISE, NoiseSource
 from fedsim.results.environment import describe_environment
 from fedsim.results.schema import (
     SCHEMA_VERSION,

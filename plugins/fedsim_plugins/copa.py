@@ -34,23 +34,13 @@ from pydantic import Field
 from scipy.optimize import minimize
 from skimage.restoration import denoise_tv_chambolle
 
-from fedsim.api import (
-    Attack,
-    AttackParams,
-    BandedCholesky,
-    Constraints,
-    ConvGeometry,
-    ConvOperator,
-    ConvResult,
-    ConvStep,
-    Layer,
-    Observation,
-    Reconstruction,
-    least_squares_step,
-    reconstruct_analytically,
-    solve_conv_input,
-    spatial_major,
-)
+from fedsim.analytic.banded import BandedCholesky, spatial_major
+from fedsim.analytic.chain import Layer
+from fedsim.analytic.conv import ConvGeometry, ConvOperator
+from fedsim.analytic.layers import Constraints, solve_conv_input
+from fedsim.analytic.recursive import ConvResult, ConvStep, least_squares_step
+from fedsim.api import Attack, AttackParams, Observation, Reconstruction
+from fedsim.inversion.analytic_attack import reconstruct_analytically
 
 
 class COPAParams(AttackParams):
@@ -161,19 +151,18 @@ def tv_denoise(weight: float):
     return apply
 
 
-class COPA(Attack):
+class COPA(Attack[COPAParams]):
     name = "copa"
     summary = "COPA: per-layer combined weight/gradient objective with pull-back; optional TV."
     uses = frozenset({"labels", "batch_size"})
     Params = COPAParams
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
-        p: COPAParams = self.params  # type: ignore[assignment]
 
         def solver(step: ConvStep) -> ConvResult:
-            return copa_step(step, p)
+            return copa_step(step, self.params)
 
-        post = tv_denoise(p.tv_weight) if p.tv_weight > 0 else None
+        post = tv_denoise(self.params.tv_weight) if self.params.tv_weight > 0 else None
         result = reconstruct_analytically(observation, solver, post)
-        result.diagnostics["tv_weight"] = p.tv_weight
+        result.diagnostics["tv_weight"] = self.params.tv_weight
         return result

@@ -17,7 +17,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from fedsim.api import MatchConfig, MatchingAttack, MatchingParams, Observation
+from fedsim.api import Observation
+from fedsim.inversion.gradient_matching import MatchConfig
+from fedsim.inversion.matching import MatchingAttack, MatchingParams
 
 
 class DLGParams(MatchingParams):
@@ -37,14 +39,14 @@ class DLGParams(MatchingParams):
     )
 
 
-class DLG(MatchingAttack):
+class DLG(MatchingAttack[DLGParams]):
     name = "dlg"
     summary = "Deep Leakage from Gradients: L-BFGS on dummy images and soft labels, L2 distance."
     Params = DLGParams
     recovers_labels = False  # labels are optimised jointly unless the threat model grants them
 
     def match_config(self, observation: Observation) -> MatchConfig:
-        return config(self.params)  # type: ignore[arg-type]
+        return config(self.params)
 
 
 ITERATIONS_PER_STEP = 20

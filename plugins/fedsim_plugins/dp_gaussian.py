@@ -11,7 +11,7 @@ one such release per round it takes part in and keeps its history in Flower's
 ``placement = "server"`` (central DP, Flower's
 ``DifferentialPrivacyServerSideFixedClipping``): the server clips every upload
 to ``C``, averages them uniformly and adds ``N(0, (z·C/m)²)`` to the mean of
-``m`` uploads (Flower's ``compute_stdv``). Adding or removing one client moves
+``m`` uploads (the std of Flower's ``compute_stdv``). Adding or removing one client moves
 the sum by at most ``C``, so each round is a Gaussian mechanism with
 multiplier ``z``; ε (client-level central DP) holds for what leaves the
 server, i.e. for participants, not against the server itself, which sees the
@@ -22,11 +22,12 @@ Why not Flower's wrapper and mods themselves: fedsim's strategy
 attack tap, and Flower's accounted wrappers refuse any strategy whose
 ``aggregate_train`` is not FedAvg's; they clip ``reply − global weights``,
 whereas fedsim's uploads are already gradients or deltas; and their noise
-comes from NumPy's global random state. So this plugin reuses Flower's
-clipping, ``compute_stdv`` and RDP accountant (``fedsim.api.clip_update``,
-``GaussianAccountant``) and draws the noise from fedsim's generator (seeded
-from the scenario in simulation; from the client's OS entropy on the
-deployment engine, so the server cannot replay a client's noise).
+comes from NumPy's global random state. So this plugin follows Flower's flat
+clipping rule (``fedsim.privacy.noise.clip_update``) and noise std, reuses its RDP
+accountant (``fedsim.privacy.accounting.GaussianAccountant``) and draws the
+noise from fedsim's generator (seeded from the scenario in simulation; from
+the client's OS entropy on the deployment engine, so the server cannot replay
+a client's noise).
 Both placements account without amplification by sampling (as Flower's
 fixed-clipping accounting does): ε is an upper bound.
 
@@ -43,19 +44,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from flwr.supercore.differential_privacy import compute_stdv
 from pydantic import Field
 
-from fedsim.api import (
-    Defence,
-    DefenceParams,
-    GaussianAccountant,
-    Stage,
-    Update,
-    add_gaussian_noise,
-    clip_update,
-    weighted_mean,
-)
+from fedsim.api import Defence, DefenceParams, Stage, Update
+from fedsim.privacy.accounting import GaussianAccountant
+from fedsim.privacy.noise import add_gaussian_noise, clip_update, weighted_mean
 
 
 class DPGaussianParams(DefenceParams):
@@ -69,7 +62,7 @@ class DPGaussianParams(DefenceParams):
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="δ at which ε is reported")
 
 
-class DPGaussian(Defence):
+class DPGaussian(Defence[DPGaussianParams]):
     name = "dp_gaussian"
     summary = (
         "Clips each update to C and adds Gaussian noise (z·C), on the client (local DP) or "
@@ -86,18 +79,18 @@ class DPGaussian(Defence):
 
     @property
     def stage(self) -> Stage:
-        p: DPGaussianParams = self.params  # type: ignore[assignment]
-        return "upload" if p.placement == "client" else "aggregate"
+        return "upload" if self.params.placement == "client" else "aggregate"
 
     def apply(self, update: Update, generator: torch.Generator) -> tuple[Update, dict[str, float]]:
-        p: DPGaussianParams = self.params  # type: ignore[assignment]
-        clipped, norm = clip_update(update, p.clip_norm)
-        noisy, measured = add_gaussian_noise(clipped, p.noise_multiplier * p.clip_norm, generator)
-        self.accountant.release(p.noise_multiplier / 2)
+        clipped, norm = clip_update(update, self.params.clip_norm)
+        noisy, measured = add_gaussian_noise(
+            clipped, self.params.noise_multiplier * self.params.clip_norm, generator
+        )
+        self.accountant.release(self.params.noise_multiplier / 2)
         return noisy, {
             **measured,
             "update_norm_before_clipping": norm,
-            "clipped": float(norm > p.clip_norm),
+            "clipped": float(norm > self.params.clip_norm),
             **self._privacy(),
         }
 
@@ -109,15 +102,14 @@ class DPGaussian(Defence):
     ) -> tuple[Update, dict[str, float]]:
         """Clip each upload, average uniformly (weights ignored: DP-FedAvg's sensitivity
         needs equal weights), add noise of std ``z·C/m``."""
-        p: DPGaussianParams = self.params  # type: ignore[assignment]
-        clipped, norms = zip(*(clip_update(u, p.clip_norm) for u in updates), strict=True)
+        clipped, norms = zip(*(clip_update(u, self.params.clip_norm) for u in updates), strict=True)
         mean = weighted_mean(clipped, [1.0] * len(clipped))
-        std = compute_stdv(p.noise_multiplier, p.clip_norm, len(clipped))
+        std = self.params.noise_multiplier * self.params.clip_norm / len(clipped)
         noisy, measured = add_gaussian_noise(mean, std, generator)
-        self.accountant.release(p.noise_multiplier)
+        self.accountant.release(self.params.noise_multiplier)
         return noisy, {
             **measured,
-            "clipped_fraction": sum(n > p.clip_norm for n in norms) / len(norms),
+            "clipped_fraction": sum(n > self.params.clip_norm for n in norms) / len(norms),
             **self._privacy(),
         }
 

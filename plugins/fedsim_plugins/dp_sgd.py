@@ -49,7 +49,8 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedsim.api import Defence, DefenceParams, LocalTraining, TrainingResult, noise_ratio
+from fedsim.api import Defence, DefenceParams, LocalTraining, TrainingResult
+from fedsim.privacy.noise import noise_ratio
 
 if TYPE_CHECKING:
     from opacus.optimizers import DPOptimizer
@@ -134,7 +135,7 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(x), y, reduction="sum") / max(len(y), 1)
 
 
-class DPSGD(Defence):
+class DPSGD(Defence[DPSGDParams]):
     name = "dp_sgd"
     summary = (
         "DP-SGD with Opacus on each client: Poisson sampling, per-sample clipping to C, "
@@ -152,7 +153,6 @@ class DPSGD(Defence):
         self.history: list[tuple[float, float, int]] = []
 
     def supports(self, model: nn.Module) -> str | None:
-        p: DPSGDParams = self.params  # type: ignore[assignment]
         model.train()
         opacus = _opacus()
         errors = opacus.ModuleValidator.validate(model, strict=False)
@@ -160,7 +160,7 @@ class DPSGD(Defence):
         if not errors:
             return None
         reasons = "; ".join(str(e).split(". ")[0] for e in errors)
-        if p.fix_model:
+        if self.params.fix_model:
             return f"Opacus cannot train this model even after ModuleValidator.fix: {reasons}"
         return (
             f"Opacus cannot train this model: {reasons}; set fix_model = true to let "
@@ -168,14 +168,12 @@ class DPSGD(Defence):
         )
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        p: DPSGDParams = self.params  # type: ignore[assignment]
         validator = _opacus().ModuleValidator
-        if not p.fix_model or not validator.validate(model.train(), strict=False):
+        if not self.params.fix_model or not validator.validate(model.train(), strict=False):
             return model
         return validator.fix(model)
 
     def train(self, task: LocalTraining) -> TrainingResult:
-        p: DPSGDParams = self.params  # type: ignore[assignment]
         seeds = torch.randint(0, 2**62, (2,), generator=task.generator).tolist()
         loader = DataLoader(
             TensorDataset(task.images, task.labels),
@@ -194,8 +192,8 @@ class DPSGD(Defence):
                 module=model,
                 optimizer=torch.optim.SGD(model.parameters(), lr=task.lr),
                 data_loader=loader,
-                noise_multiplier=p.noise_multiplier,
-                max_grad_norm=p.max_grad_norm,
+                noise_multiplier=self.params.noise_multiplier,
+                max_grad_norm=self.params.max_grad_norm,
                 poisson_sampling=True,
                 noise_generator=torch.Generator().manual_seed(seeds[1]),
                 wrap_model=False,
@@ -204,14 +202,20 @@ class DPSGD(Defence):
                 result = self._run(task, model, optimizer, private_loader, before)
             finally:
                 hooks.cleanup()
-        self.history = [tuple(h) for h in engine.accountant.history]  # type: ignore[misc]
-        epsilon = engine.accountant.get_epsilon(p.delta) if p.noise_multiplier > 0 else math.inf
+        self.history = [tuple(h) for h in engine.accountant.history]
+        epsilon = (
+            engine.accountant.get_epsilon(self.params.delta)
+            if self.params.noise_multiplier > 0
+            else math.inf
+        )
         result.measurements.update(
-            noise_std=p.noise_multiplier * p.max_grad_norm / optimizer.expected_batch_size,
+            noise_std=self.params.noise_multiplier
+            * self.params.max_grad_norm
+            / optimizer.expected_batch_size,
             sample_rate=1 / len(private_loader),
             expected_batch_size=optimizer.expected_batch_size,
             epsilon=epsilon,
-            delta=p.delta,
+            delta=self.params.delta,
         )
         return result
 
@@ -236,7 +240,7 @@ class DPSGD(Defence):
                 if optimizer.pre_step():
                     meter.measure(optimizer)
                     if task.protocol == "fedsgd":
-                        gradient = {n: q.grad.detach().clone() for n, q in model.named_parameters()}
+                        gradient = {n: _gradient(q) for n, q in model.named_parameters()}
                         return TrainingResult(
                             gradient, _mean(losses), 1, (x, y),
                             optimizer.expected_batch_size, meter.as_dict(),
@@ -253,7 +257,14 @@ class DPSGD(Defence):
         return {"history": [list(h) for h in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = [tuple(h) for h in state["history"]]  # type: ignore[misc]
+        self.history = [tuple(h) for h in state["history"]]
+
+
+def _gradient(parameter: torch.Tensor) -> torch.Tensor:
+    """A copy of ``parameter``'s gradient (the privatised one after Opacus's step)."""
+    if parameter.grad is None:
+        raise ValueError("a parameter has no gradient after the private step")
+    return parameter.grad.detach().clone()
 
 
 def _mean(values: list[float]) -> float:

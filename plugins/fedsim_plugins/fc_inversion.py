@@ -9,10 +9,11 @@ Models with conv layers are outside its reach: use ``rgap`` or ``copa``.
 
 from __future__ import annotations
 
-from fedsim.api import Attack, Observation, Reconstruction, reconstruct_analytically
+from fedsim.api import Attack, AttackParams, Observation, Reconstruction
+from fedsim.inversion.analytic_attack import reconstruct_analytically
 
 
-class FCInversion(Attack):
+class FCInversion(Attack[AttackParams]):
     name = "fc_inversion"
     summary = "Closed-form input of fully-connected layers (bias trick, Lemma A.1); MLPs, batch 1."
     uses = frozenset({"labels", "batch_size"})

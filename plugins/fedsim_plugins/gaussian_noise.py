@@ -19,15 +19,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from fedsim.api import (
-    Defence,
-    DefenceParams,
-    Stage,
-    Update,
-    add_gaussian_noise,
-    global_norm,
-    weighted_mean,
-)
+from fedsim.api import Defence, DefenceParams, Stage, Update
+from fedsim.privacy.noise import add_gaussian_noise, global_norm, weighted_mean
 
 
 class GaussianNoiseParams(DefenceParams):
@@ -40,7 +33,7 @@ class GaussianNoiseParams(DefenceParams):
     )
 
 
-class GaussianNoise(Defence):
+class GaussianNoise(Defence[GaussianNoiseParams]):
     name = "gaussian_noise"
     summary = (
         "Adds N(0, sigma²) to every coordinate of the upload or of the aggregate "
@@ -52,12 +45,10 @@ class GaussianNoise(Defence):
 
     @property
     def stage(self) -> Stage:
-        p: GaussianNoiseParams = self.params  # type: ignore[assignment]
-        return "upload" if p.placement == "client" else "aggregate"
+        return "upload" if self.params.placement == "client" else "aggregate"
 
     def apply(self, update: Update, generator: torch.Generator) -> tuple[Update, dict[str, float]]:
-        p: GaussianNoiseParams = self.params  # type: ignore[assignment]
-        std = p.sigma * global_norm(update) if p.relative else p.sigma
+        std = self.params.sigma * global_norm(update) if self.params.relative else self.params.sigma
         return add_gaussian_noise(update, std, generator)
 
     def aggregate(

@@ -8,13 +8,15 @@ only the images are optimised, with L-BFGS on the squared L2 gradient distance.
 
 from __future__ import annotations
 
-from fedsim.api import MatchConfig, MatchingAttack, MatchingParams, Observation
+from fedsim.api import Observation
+from fedsim.inversion.gradient_matching import MatchConfig
+from fedsim.inversion.matching import MatchingAttack, MatchingParams
 
 
-class IDLG(MatchingAttack):
+class IDLG(MatchingAttack[MatchingParams]):
     name = "idlg"
     summary = "iDLG: labels from the head's gradient, then L-BFGS on the images (L2 distance)."
     Params = MatchingParams
 
     def match_config(self, observation: Observation) -> MatchConfig:
-        return MatchConfig(distance="l2", optimizer="lbfgs", **self.params.budget())  # type: ignore[attr-defined]
+        return MatchConfig(distance="l2", optimizer="lbfgs", **self.params.budget())

@@ -26,7 +26,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from fedsim.api import MatchConfig, MatchingAttack, MatchingParams, Observation
+from fedsim.api import Observation
+from fedsim.inversion.gradient_matching import MatchConfig
+from fedsim.inversion.matching import MatchingAttack, MatchingParams
 
 
 class InvertingGradientsParams(MatchingParams):
@@ -39,14 +41,13 @@ class InvertingGradientsParams(MatchingParams):
     signed: bool = Field(False, description="step on the sign of the image gradient (paper)")
 
 
-class InvertingGradients(MatchingAttack):
+class InvertingGradients(MatchingAttack[InvertingGradientsParams]):
     name = "inverting_gradients"
     summary = "Inverting Gradients: cosine distance + total variation, Adam, restarts."
     Params = InvertingGradientsParams
 
     def match_config(self, observation: Observation) -> MatchConfig:
-        p: InvertingGradientsParams = self.params  # type: ignore[assignment]
         return MatchConfig(
-            distance="cosine", optimizer="adam", tv_weight=p.tv_weight, clamp=True,
-            signed=p.signed, lr_schedule="cosine", **p.budget(),
+            distance="cosine", optimizer="adam", tv_weight=self.params.tv_weight, clamp=True,
+            signed=self.params.signed, lr_schedule="cosine", **self.params.budget(),
         )  # fmt: skip

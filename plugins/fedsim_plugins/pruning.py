@@ -12,14 +12,15 @@ import torch
 from pydantic import Field
 from torch.nn.utils import prune
 
-from fedsim.api import Defence, DefenceParams, Update, global_norm
+from fedsim.api import Defence, DefenceParams, Update
+from fedsim.privacy.noise import global_norm
 
 
 class PruningParams(DefenceParams):
     p: float = Field(0.0, ge=0.0, le=1.0, description="fraction of each tensor's entries zeroed")
 
 
-class Pruning(Defence):
+class Pruning(Defence[PruningParams]):
     name = "pruning"
     summary = (
         "Zeroes the fraction p of smallest-magnitude entries of each upload tensor (no guarantee)."
@@ -28,8 +29,7 @@ class Pruning(Defence):
     Params = PruningParams
 
     def apply(self, update: Update, generator: torch.Generator) -> tuple[Update, dict[str, float]]:
-        p: PruningParams = self.params  # type: ignore[assignment]
-        method = prune.L1Unstructured(amount=p.p)
+        method = prune.L1Unstructured(amount=self.params.p)
         pruned: Update = {}
         zeroed = total = 0
         for name, value in update.items():

@@ -13,22 +13,22 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from fedsim.api import Defence, DefenceParams, Update, global_norm
+from fedsim.api import Defence, DefenceParams, Update
+from fedsim.privacy.noise import global_norm
 
 
 class QuantisationParams(DefenceParams):
     bits: int = Field(8, ge=2, le=16, description="bits per entry (sign included)")
 
 
-class Quantisation(Defence):
+class Quantisation(Defence[QuantisationParams]):
     name = "quantisation"
     summary = "Rounds each upload tensor to a symmetric uniform grid of `bits` bits (no guarantee)."
     formal_guarantee = False
     Params = QuantisationParams
 
     def apply(self, update: Update, generator: torch.Generator) -> tuple[Update, dict[str, float]]:
-        p: QuantisationParams = self.params  # type: ignore[assignment]
-        levels = 2 ** (p.bits - 1) - 1
+        levels = 2 ** (self.params.bits - 1) - 1
         quantised: Update = {}
         for name, value in update.items():
             peak = float(value.abs().max()) if value.numel() else 0.0

@@ -16,16 +16,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fedsim.api import (
-    Attack,
-    AttackParams,
-    ConvResult,
-    ConvStep,
-    Observation,
-    Reconstruction,
-    least_squares_step,
-    reconstruct_analytically,
-)
+from fedsim.analytic.recursive import ConvResult, ConvStep, least_squares_step
+from fedsim.api import Attack, AttackParams, Observation, Reconstruction
+from fedsim.inversion.analytic_attack import reconstruct_analytically
 
 
 class RGAPParams(AttackParams):
@@ -33,7 +26,7 @@ class RGAPParams(AttackParams):
     max_iterations: int = Field(20_000, ge=1, description="LSMR iterations per layer")
 
 
-class RGAP(Attack):
+class RGAP(Attack[RGAPParams]):
     name = "rgap"
     summary = (
         "R-GAP: recursive closed-form inversion, least squares on weight + gradient constraints."
@@ -42,9 +35,8 @@ class RGAP(Attack):
     Params = RGAPParams
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
-        p: RGAPParams = self.params  # type: ignore[assignment]
 
         def solver(step: ConvStep) -> ConvResult:
-            return least_squares_step(step, p.tolerance, p.max_iterations)
+            return least_squares_step(step, self.params.tolerance, self.params.max_iterations)
 
         return reconstruct_analytically(observation, solver)

@@ -76,7 +76,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from fedsim.api import Distance, MatchConfig, MatchingAttack, MatchingParams, Observation
+from fedsim.api import Observation
+from fedsim.inversion.gradient_matching import Distance, MatchConfig
+from fedsim.inversion.matching import MatchingAttack, MatchingParams
 
 Constraint = Literal["projection", "clip", "penalty"]
 CriticKind = Literal["linear", "mlp"]
@@ -203,10 +205,9 @@ class MLPCritic(Critic):
         if constraint == "projection":
             raise ValueError("the projection constraint needs a linear critic")
         self.generator = torch.Generator().manual_seed(seed)
-        self.network = nn.Sequential(
-            nn.Linear(self.target.numel(), width), nn.Softplus(), nn.Linear(width, 1)
-        )
-        for layer in (self.network[0], self.network[2]):
+        first, last = nn.Linear(self.target.numel(), width), nn.Linear(width, 1)
+        self.network = nn.Sequential(first, nn.Softplus(), last)
+        for layer in (first, last):
             bound = 1 / math.sqrt(layer.in_features)
             nn.init.uniform_(layer.weight, -bound, bound, generator=self.generator)
             nn.init.uniform_(layer.bias, -bound, bound, generator=self.generator)
@@ -278,13 +279,13 @@ class WDLGParams(MatchingParams):
         return self
 
 
-class WDLG(MatchingAttack):
+class WDLG(MatchingAttack[WDLGParams]):
     name = "wdlg"
     summary = "WDLG: recovered labels, Wasserstein-1 gradient distance (KR critic or exact 1-D)."
     Params = WDLGParams
 
     def match_config(self, observation: Observation) -> MatchConfig:
-        return config(self.params, observation.seed)  # type: ignore[arg-type]
+        return config(self.params, observation.seed)
 
 
 def config(params: WDLGParams, seed: int) -> MatchConfig:
@@ -299,16 +300,16 @@ def config(params: WDLGParams, seed: int) -> MatchConfig:
     budget = p.budget()
     if p.variant == "critic" and p.loss_threshold == 0.0:
         budget["loss_threshold"] = -math.inf
-    bounds = {"clip_value": p.clip_value, "penalty_weight": p.penalty_weight}
     distance: str | Callable[[list[torch.Tensor]], Distance] = "wasserstein_1d"
     if p.variant == "critic" and p.critic == "linear":
         distance = partial(
             LinearCritic, constraint=p.constraint, steps=p.critic_steps,
-            step_size=p.critic_step_size, **bounds,
+            step_size=p.critic_step_size, clip_value=p.clip_value,
+            penalty_weight=p.penalty_weight,
         )  # fmt: skip
     elif p.variant == "critic":
         distance = partial(
             MLPCritic, constraint=p.constraint, steps=p.critic_steps, width=p.critic_width,
-            lr=p.critic_lr, seed=seed, **bounds,
+            lr=p.critic_lr, seed=seed, clip_value=p.clip_value, penalty_weight=p.penalty_weight,
         )  # fmt: skip
     return MatchConfig(distance=distance, optimizer="lbfgs", **budget)

@@ -21,15 +21,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from fedsim.api import (
-    Attack,
-    AttackParams,
-    Observation,
-    Reconstruction,
-    UnsupportedModel,
-    extract_chain,
-    top_right_singular_vectors,
-)
+from fedsim.analytic.chain import UnsupportedModel, extract_chain
+from fedsim.analytic.spectrum import top_right_singular_vectors
+from fedsim.api import Attack, AttackParams, Observation, Reconstruction
 
 
 class WeightsProbeParams(AttackParams):
@@ -46,19 +40,18 @@ def as_images(vectors: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / (high - low).clamp_min(1e-12)).reshape(vectors.shape)
 
 
-class WeightsProbe(Attack):
+class WeightsProbe(Attack[WeightsProbeParams]):
     name = "weights_probe"
     summary = "First layer's top right singular vectors, from the weights alone, as images."
     Params = WeightsProbeParams
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
-        p: WeightsProbeParams = self.params  # type: ignore[assignment]
         try:
             chain = extract_chain(observation.model().cpu(), observation.input_shape)
         except UnsupportedModel as exc:
             return Reconstruction.unsupported(str(exc))
         first = chain.layers[0]
-        k = min(p.components or observation.batch_size, observation.batch_size)
+        k = min(self.params.components or observation.batch_size, observation.batch_size)
         values, vectors = top_right_singular_vectors(first, k, seed=observation.seed)
         images = as_images(vectors.reshape(k, *observation.input_shape))
         return Reconstruction(

@@ -6,6 +6,11 @@ For a mean cross-entropy loss over a batch of B samples and a last linear layer
     dL/db_k = (1/B) Σ_i (p_ik − y_ik)        dL/dW_k = (1/B) Σ_i (p_ik − y_ik) h_i
 
 where p_i is the softmax output and y_i the one-hot label of sample i.
+One sample's label is the one entry of ``dL/db`` that is negative (iDLG);
+a batch's per-class counts are estimated from ``dL/db`` and the head's input.
+Gradients are keyed by parameter name; labels are int64 class indices in
+``[0, K)``. :func:`recover_labels` applies the rule that fits an
+:class:`~fedsim.api.Observation`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedsim.api import Observation
 
 
 @dataclass(frozen=True)
@@ -109,3 +116,22 @@ def batch_label_counts(
 def labels_from_counts(counts: torch.Tensor) -> torch.Tensor:
     """``(K,)`` counts → ``(B,)`` labels, sorted."""
     return torch.repeat_interleave(torch.arange(len(counts)), counts)
+
+
+def recover_labels(observation: Observation) -> torch.Tensor:
+    """The batch's labels read off the head's gradient, ``(B,)`` int64, sorted.
+
+    One sample: the iDLG rule (:func:`idlg_label`). Several: per-class counts
+    (:func:`batch_label_counts`). Raises ``ValueError`` if the model has no
+    linear layer with ``num_classes`` outputs.
+    """
+    model = observation.model()
+    head = find_head(model, observation.num_classes)
+    gradient = observation.gradient_estimate()
+    if observation.batch_size == 1:
+        return torch.tensor([idlg_label(gradient, head)])
+    counts = batch_label_counts(
+        gradient, head, model, input_shape=observation.input_shape,
+        batch_size=observation.batch_size, seed=observation.seed,
+    )  # fmt: skip
+    return labels_from_counts(counts)

@@ -1,12 +1,15 @@
 """Clipping, Gaussian noise and averaging of model updates, with honest measurements.
 
-Norms and clipping are Flower's own (``flwr.supercore.differential_privacy``,
-the functions behind its DP mods and strategies). The noise is *not* drawn
-with Flower's ``add_gaussian_noise_inplace``: that draws from NumPy's global
-random state, whereas fedsim draws from a caller's ``torch.Generator``: each
-client its own stream, seeded from the scenario in simulation (every sweep
-point is reproducible) and from the client's OS entropy on the deployment
-engine (the server cannot replay it).
+An update is a :data:`~fedsim.api.Update` (tensors keyed by parameter name);
+nothing here modifies its input in place. Norms are the global L2 norm over all
+tensors taken together, computed in float64. Clipping is flat clipping (McMahan
+et al., 2018, the rule behind Flower's DP mods and strategies): the whole update
+is scaled by ``min(1, C / norm)``. The noise is drawn from a caller's
+``torch.Generator`` (not NumPy's global random state, as Flower's
+``add_gaussian_noise_inplace`` does): each client its own stream, seeded from
+the scenario in simulation (every sweep point is reproducible) and from the
+client's OS entropy on the deployment engine (the server cannot replay it).
+Noise std is in the units of the coordinates it is added to.
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
 
-Update = dict[str, torch.Tensor]
+from fedsim.api import Update
 
 NoiseSource = Literal["seeded", "os-entropy"]
 """Where defences draw their randomness from (see :mod:`fedsim.federation.defences`)."""
@@ -46,17 +48,17 @@ def global_norm(update: Mapping[str, torch.Tensor]) -> float:
 def clip_update(update: Mapping[str, torch.Tensor], clip_norm: float) -> tuple[Update, float]:
     """Scale ``update`` so that its global L2 norm is at most ``clip_norm``.
 
-    Flower's flat clipping (``clip_inputs_inplace``: factor ``min(1, C / norm)``)
-    runs in float64; the result is cast back to each tensor's dtype rounding
-    *towards zero*, so no coordinate grows and the norm never exceeds ``C``
-    through rounding. Returns the clipped update (a new dict; the input is not
-    modified) and the norm before clipping.
+    Flat clipping (factor ``min(1, C / norm)``) runs in float64; the result is
+    cast back to each tensor's dtype rounding *towards zero*, so no coordinate
+    grows and the norm never exceeds ``C`` through rounding. Returns the clipped
+    update (a new dict; the input is not modified) and the norm before clipping.
     """
     names = list(update)
     arrays = [update[n].detach().cpu().double().numpy().copy() for n in names]
-    norm = get_norm(arrays)
+    norm = _flat_norm(arrays)
     if norm > clip_norm:
-        clip_inputs_inplace(arrays, clip_norm)
+        for array in arrays:
+            array *= clip_norm / norm
     clipped: Update = {}
     for name, exact in zip(names, arrays, strict=True):
         original = update[name]
@@ -66,6 +68,11 @@ def clip_update(update: Mapping[str, torch.Tensor], clip_norm: float) -> tuple[U
         cast = torch.where(grew, torch.nextafter(cast, torch.zeros_like(cast)), cast)
         clipped[name] = cast.to(original.device)
     return clipped, norm
+
+
+def _flat_norm(arrays: Sequence[np.ndarray]) -> float:
+    """L2 norm of ``arrays`` flattened and concatenated (their dtype, float64 here)."""
+    return float(np.sqrt(sum(float(np.linalg.norm(a.ravel())) ** 2 for a in arrays)))
 
 
 def add_gaussian_noise(

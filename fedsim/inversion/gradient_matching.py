@@ -7,6 +7,13 @@ by position. The parts are interchangeable: a gradient distance (a key of
 :data:`DISTANCES`, or any :class:`Distance` factory), an image prior (total
 variation), an optimiser (L-BFGS or Adam) and a budget. DLG, iDLG, WDLG and
 Inverting Gradients are configurations of this one loop.
+
+Contract of :func:`match_gradients`: the target gradient is keyed by parameter
+name, each tensor shaped like the model's parameter of that name (a FedAvg delta
+must be converted first, or matched through :class:`LocalSGD`); it returns
+``(B, C, H, W)`` images clamped to [0, 1] and ``(B,)`` int64 labels
+(:class:`MatchResult`), seeded by ``seed`` alone. Attacks run it on an
+observation through :mod:`fedsim.inversion.matching`.
 """
 
 from __future__ import annotations
@@ -17,14 +24,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.attacks.labels import find_head
+from fedsim.api import Regulariser
+from fedsim.inversion.labels import find_head
 
 Init = Literal["normal", "uniform"]
 Optimizer = Literal["lbfgs", "adam"]
@@ -34,8 +42,6 @@ StepCallback = Callable[[int, torch.Tensor], "bool | None"]
 """``on_step(step, images)`` of :func:`match_gradients`: called after every optimiser
 step with the 0-based step index and the current dummy images (detached, not
 clamped); returning ``True`` stops the search."""
-Regulariser = Callable[[torch.Tensor], torch.Tensor]
-"""``(B, C, H, W)`` images → a scalar added to the cross-entropy (the clients' extra loss)."""
 
 
 class Distance(ABC):
@@ -251,7 +257,7 @@ def unrolled_gradient(
     """
     start = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
-    theta = dict(start)
+    theta: dict[str, torch.Tensor] = dict(start)
     per_epoch = math.ceil(len(images) / local.batch_size)
     for step in range(local.steps):
         first = (step % per_epoch) * local.batch_size
@@ -315,7 +321,9 @@ def _dummy_images(shape: tuple[int, ...], init: Init, generator: torch.Generator
     return torch.rand(shape, generator=generator)
 
 
-def _optimizer(leaves: list[torch.Tensor], config: MatchConfig) -> torch.optim.Optimizer:
+def _optimizer(
+    leaves: list[torch.Tensor], config: MatchConfig
+) -> torch.optim.LBFGS | torch.optim.Adam:
     if config.optimizer == "lbfgs":
         return torch.optim.LBFGS(
             leaves, lr=config.lr, max_iter=config.max_iter, history_size=config.history_size,
@@ -378,21 +386,23 @@ def _dummy_batch(
 @contextmanager
 def _onednn(enabled: bool) -> Iterator[None]:
     """Turn PyTorch's oneDNN (mkldnn) CPU kernels on or off, restoring the flag after."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
+    # A property of the module object at run time (a bool), declared as its descriptor.
+    mkldnn: Any = torch.backends.mkldnn
+    before = mkldnn.enabled
+    mkldnn.enabled = enabled
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = before
+        mkldnn.enabled = before
 
 
-def _time_backends(evaluate: Callable[[], object], rounds: int = 3) -> tuple[str, int]:
+def _time_backends(evaluate: Callable[[], object], rounds: int = 3) -> tuple[ConvBackend, int]:
     """Fastest CPU convolution backend for ``evaluate`` and the evaluations spent.
 
     Alternates the two backends (so a change in machine load hits both) after one
     warm-up each and compares the best time of ``rounds`` evaluations.
     """
-    best = {"default": math.inf, "native": math.inf}
+    best: dict[ConvBackend, float] = {"default": math.inf, "native": math.inf}
     for trial in range(rounds + 1):
         for backend in best:
             with _onednn(backend == "default"):
@@ -455,7 +465,7 @@ def match_gradients(
             )  # fmt: skip
             probe = _Objective(model, matched, x, y, labels is None, config, regulariser)
             backend, evaluations = _time_backends(probe)
-    with _onednn(torch.backends.mkldnn.enabled and backend != "native"):
+    with _onednn(bool(torch.backends.mkldnn.enabled) and backend != "native"):
         result = _match(
             model, target, input_shape, batch_size, num_classes, labels, config, seed, on_step,
             regulariser,
@@ -482,7 +492,7 @@ def _matched(model: nn.Module, target: Mapping[str, torch.Tensor], config: Match
     if unknown:
         raise KeyError(f"update names parameters the model lacks: {unknown}")
     names = [n for n in named if n in target]
-    params = [named[n] for n in names]
+    params: list[torch.Tensor] = [named[n] for n in names]
     targets = [target[n].to(device=params[0].device, dtype=params[0].dtype) for n in names]
     make_distance = (
         DISTANCES[config.distance] if isinstance(config.distance, str) else config.distance
@@ -526,7 +536,7 @@ def _match(
         diverged = False
         stop = False
         for step in range(config.iterations):
-            if config.optimizer == "lbfgs":
+            if isinstance(optimizer, torch.optim.LBFGS):  # config.optimizer == "lbfgs"
                 value = float(optimizer.step(closure))
             else:
                 value = float(closure())

@@ -1,1 +1,0 @@
-"""Engines shared by attack plugins."""

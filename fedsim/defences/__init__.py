@@ -1,1 +1,0 @@
-"""Building blocks shared by defence plugins: clipping, Gaussian noise, averaging, accounting."""
