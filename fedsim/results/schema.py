@@ -25,8 +25,8 @@ from pydantic import (
     model_serializer,
 )
 
-from fedsim.privacy.noise import NoiseSource
 from fedsim.metrics import PSNR_PEAK
+from fedsim.privacy.noise import NoiseSource
 
 SCHEMA_VERSION = 1
 """The newest ``results.json`` shape this fedsim reads and the one it writes."""
