@@ -247,11 +247,11 @@ def make_client_app(simulated: bool) -> ClientApp:
         )
         return Message(content=reply.to_content(), reply_to=msg)
 
-    @app.query("partition")
+    @app.query(protocol.PARTITION_QUERY_ACTION)
     def partition(msg: Message, context: Context) -> Message:
         return Message(PartitionReply(node_partition(context)).to_content(), reply_to=msg)
 
-    @app.query("score")
+    @app.query(protocol.SCORE_QUERY_ACTION)
     def score(msg: Message, context: Context) -> Message:
         query = ScoreQuery.from_message(msg)
         scenario = query.to.scenario

@@ -48,8 +48,12 @@ from fedsim.api import Update
 from fedsim.metrics import PairScores
 from fedsim.scenario import Scenario
 
-PARTITION_QUERY = f"{MessageType.QUERY}.partition"
-SCORE_QUERY = f"{MessageType.QUERY}.score"
+PARTITION_QUERY_ACTION = "partition"
+"""The ClientApp's ``@app.query`` action answering :func:`partition_query`."""
+SCORE_QUERY_ACTION = "score"
+"""The ClientApp's ``@app.query`` action answering :class:`ScoreQuery`."""
+_PARTITION_QUERY = f"{MessageType.QUERY}.{PARTITION_QUERY_ACTION}"
+_SCORE_QUERY = f"{MessageType.QUERY}.{SCORE_QUERY_ACTION}"
 
 # Record names.
 CONFIG = "config"
@@ -63,11 +67,11 @@ _DEFENCE = "defence"
 """Name stem of a defence's measurements record: ``defence[<index>]``."""
 
 # Keys of the ``config`` record.
-SERVER_ROUND = "server-round"
-PARTITION_ID = "partition-id"
-SCENARIO = "scenario"
-SHARE_TRUTH = "share-truth"
-CLIENT_STATE = "client-state"
+_SERVER_ROUND = "server-round"
+_PARTITION_ID = "partition-id"
+_SCENARIO = "scenario"
+_SHARE_TRUTH = "share-truth"
+_CLIENT_STATE = "client-state"
 """Also the name of the reply's record carrying the state back."""
 _JSON = "json"
 
@@ -110,9 +114,9 @@ class Addressee:
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
             {
-                SCENARIO: self.scenario_json,
-                SERVER_ROUND: self.server_round,
-                PARTITION_ID: self.partition_id,
+                _SCENARIO: self.scenario_json,
+                _SERVER_ROUND: self.server_round,
+                _PARTITION_ID: self.partition_id,
             }
         )
 
@@ -120,9 +124,9 @@ class Addressee:
     def from_message(cls, message: Message) -> Addressee:
         config = message.content.config_records[CONFIG]
         return cls(
-            str(config[SCENARIO]),
-            int(_number(config[SERVER_ROUND])),
-            int(_number(config[PARTITION_ID])),
+            str(config[_SCENARIO]),
+            int(_number(config[_SERVER_ROUND])),
+            int(_number(config[_PARTITION_ID])),
         )
 
 
@@ -187,9 +191,9 @@ class TrainInstruction:
 
     def to_message(self, node: int) -> Message:
         config = self.to.to_record()
-        config[SHARE_TRUTH] = self.share_truth
+        config[_SHARE_TRUTH] = self.share_truth
         if self.client_state is not None:
-            config[CLIENT_STATE] = json.dumps(self.client_state)
+            config[_CLIENT_STATE] = json.dumps(self.client_state)
         return Message(
             RecordDict({ARRAYS: self.parameters, CONFIG: config}),
             dst_node_id=node,
@@ -199,11 +203,11 @@ class TrainInstruction:
     @classmethod
     def from_message(cls, message: Message) -> TrainInstruction:
         config = message.content.config_records[CONFIG]
-        state = config.get(CLIENT_STATE)
+        state = config.get(_CLIENT_STATE)
         return cls(
             Addressee.from_message(message),
             message.content.array_records[ARRAYS],
-            bool(config.get(SHARE_TRUTH, False)),
+            bool(config.get(_SHARE_TRUTH, False)),
             None if state is None else json.loads(str(state)),
         )
 
@@ -240,7 +244,7 @@ class TrainReply:
         """The ``metrics`` record's entries (defence measurements travel apart)."""
         metrics: dict[str, float] = {
             _NUM_EXAMPLES: self.num_examples,
-            PARTITION_ID: self.partition_id,
+            _PARTITION_ID: self.partition_id,
             _LOCAL_STEPS: self.local_steps,
         }
         if self.batch_size is not None:
@@ -265,7 +269,7 @@ class TrainReply:
                 {"images": images, "labels": labels}
             )
         if self.client_state is not None:
-            content[CLIENT_STATE] = state_record(self.client_state)
+            content[_CLIENT_STATE] = state_record(self.client_state)
         return content
 
     @classmethod
@@ -281,9 +285,9 @@ class TrainReply:
         if _TRUTH in content.array_records:
             arrays = content.array_records[_TRUTH].to_torch_state_dict()
             truth = (arrays["images"], arrays["labels"])
-        state = content.config_records.get(CLIENT_STATE)
+        state = content.config_records.get(_CLIENT_STATE)
         return cls(
-            partition_id=int(metrics[PARTITION_ID]),
+            partition_id=int(metrics[_PARTITION_ID]),
             update=dict(content.array_records[_UPDATE].to_torch_state_dict()),
             num_examples=int(metrics[_NUM_EXAMPLES]),
             local_steps=int(metrics[_LOCAL_STEPS]),
@@ -314,7 +318,7 @@ def reply_contents(content: RecordDict) -> set[str]:
 def partition_query(node: int) -> Message:
     """``query.partition`` to ``node``: which partition does it hold?"""
     return Message(
-        RecordDict({CONFIG: ConfigRecord()}), dst_node_id=node, message_type=PARTITION_QUERY
+        RecordDict({CONFIG: ConfigRecord()}), dst_node_id=node, message_type=_PARTITION_QUERY
     )
 
 
@@ -325,11 +329,11 @@ class PartitionReply:
     partition_id: int
 
     def to_content(self) -> RecordDict:
-        return RecordDict({_METRICS: MetricRecord({PARTITION_ID: self.partition_id})})
+        return RecordDict({_METRICS: MetricRecord({_PARTITION_ID: self.partition_id})})
 
     @classmethod
     def from_message(cls, message: Message) -> PartitionReply:
-        return cls(int(_number(message.content.metric_records[_METRICS][PARTITION_ID])))
+        return cls(int(_number(message.content.metric_records[_METRICS][_PARTITION_ID])))
 
 
 @dataclass(frozen=True)
@@ -353,7 +357,7 @@ class ScoreQuery:
                 }
             ),
             dst_node_id=node,
-            message_type=SCORE_QUERY,
+            message_type=_SCORE_QUERY,
         )
 
     @classmethod
