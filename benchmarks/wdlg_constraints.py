@@ -98,7 +98,8 @@ def attack(chosen: Scenario, client: int, params: WDLGParams, distance: str | No
     data = federated_data(chosen)
     model = model_factory(chosen, data)()
     state = ArrayRecord.from_torch_state_dict(model.state_dict())
-    update, _, (x, y) = local_update(chosen, client, 1, state)
+    reply, (x, y) = local_update(chosen, client, 1, state)
+    update = reply.update
     run = Run()
     calls = 0
     start = time.perf_counter()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
 
     from fedsim.api import Attack, Defence
+    from fedsim.data.source import DatasetSource
 
 from fedsim.stopping import REQUEST, Interrupted, describe, exit_status, interrupt_on_sigterm
 
@@ -155,7 +156,7 @@ def _plugin_row(cls: type[Attack[Any]] | type[Defence[Any]]) -> tuple[str, str]:
     return summary, params or "-"
 
 
-def _data_and_models(datasets: dict[str, type]) -> Table:
+def _data_and_models(datasets: dict[str, type[DatasetSource]]) -> Table:
     """The ``fedsim.datasets`` plugins (``[data] dataset``) and the ``fedsim.models``
     entry points (``[model] name``), for ``fedsim plugins``."""
     from fedsim.registry import registered_models

@@ -168,9 +168,8 @@ def match_scores(parts: Sequence[PairScores]) -> tuple[list[ImageScore], float |
     ssim_all = np.concatenate([p.ssim for p in parts])
     if mse_all.shape[1] > mse_all.shape[0]:
         raise ValueError(f"{mse_all.shape[1]} reconstructions for {mse_all.shape[0]} originals")
-    equal = None
-    if all(p.label_equal is not None for p in parts):
-        equal = np.concatenate([p.label_equal for p in parts])  # type: ignore[misc]
+    label_parts = [p.label_equal for p in parts if p.label_equal is not None]
+    equal = np.concatenate(label_parts) if len(label_parts) == len(parts) else None
     scores = [
         ImageScore(
             int(j),

@@ -193,6 +193,8 @@ class VGGFeatures(nn.Module):
 
         preset = VGG19_Weights.IMAGENET1K_V1.transforms()
         self.body = body
+        self.pixel_mean: torch.Tensor
+        self.pixel_std: torch.Tensor
         self.register_buffer("pixel_mean", torch.tensor(preset.mean).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(preset.std).view(1, 3, 1, 1))
 

@@ -32,10 +32,11 @@ from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from fedsim.audit.render import print_audit
 from fedsim.audit.runner import ScenarioAudit, audit_scenario, audits_json
+from fedsim.federation.progress import Event, RoundDone
 from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
 from fedsim.preflight import preflight
 from fedsim.registry import discover
@@ -493,11 +494,7 @@ def _run_points(run: PreparedRun, console: Console, scoring: ScoringMode) -> str
         console=console,
     ) as progress:
         task = progress.add_task("federation", total=total, note="starting")
-
-        def note(message: str) -> None:
-            if message.startswith("round") and "done" in message:
-                progress.advance(task)
-            progress.update(task, note=message)
+        note = round_bar(progress, task)
 
         def one(trial: Trial) -> None:
             label = f"point {trial.index + 1}/{len(run.trials)}"
@@ -509,6 +506,19 @@ def _run_points(run: PreparedRun, console: Console, scoring: ScoringMode) -> str
             console.print(f"[red]{label} failed:[/] {escape(error)}")
 
         return run_trials(run, one, failed)
+
+
+def round_bar(progress: Progress, task: TaskID) -> Callable[[Event], None]:
+    """Where the federation's events go on ``progress``: ``task``'s bar advances by one
+    round on each :class:`~fedsim.federation.progress.RoundDone` (and on nothing else),
+    and every event's text becomes the task's note."""
+
+    def show(event: Event) -> None:
+        if isinstance(event, RoundDone):
+            progress.advance(task)
+        progress.update(task, note=event.text)
+
+    return show
 
 
 def unavailable_metrics(results: RunResults) -> set[str]:

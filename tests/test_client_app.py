@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.federation import protocol
 from fedsim.federation.client_app import make_client_app, training_batch
+from fedsim.federation.protocol import (
+    Addressee,
+    ScoreQuery,
+    ScoreReply,
+    TrainInstruction,
+    TrainReply,
+)
 from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.scenario import ModelConfig, Scenario, expand
 
@@ -50,33 +58,42 @@ def context() -> Context:
     )
 
 
-def message(scenario: Scenario, kind: str, partition: int, **records: object) -> Message:
-    config = protocol.message_config(scenario.model_dump_json(), 2, partition)
-    return Message(RecordDict({"config": config, **records}), dst_node_id=5, message_type=kind)  # type: ignore[arg-type]
+def to(scenario: Scenario, partition: int) -> Addressee:
+    return Addressee(scenario.model_dump_json(), 2, partition)
 
 
-def train_message(scenario: Scenario, partition: int, share_truth: bool) -> Message:
-    msg = message(
-        scenario,
-        MessageType.TRAIN,
-        partition,
-        arrays=ArrayRecord.from_torch_state_dict(
-            model_factory(scenario, federated_data(scenario))().state_dict()
-        ),
+def instruction(
+    scenario: Scenario,
+    partition: int,
+    share_truth: bool,
+    client_state: dict[str, Any] | None = None,
+) -> TrainInstruction:
+    arrays = ArrayRecord.from_torch_state_dict(
+        model_factory(scenario, federated_data(scenario))().state_dict()
     )
-    msg.content["config"][protocol.SHARE_TRUTH] = share_truth
-    return msg
+    return TrainInstruction(to(scenario, partition), arrays, share_truth, client_state)
+
+
+def train_message(
+    scenario: Scenario,
+    partition: int,
+    share_truth: bool,
+    client_state: dict[str, Any] | None = None,
+) -> Message:
+    return instruction(scenario, partition, share_truth, client_state).to_message(5)
 
 
 def test_simulated_client_acts_as_the_named_partition_and_shares_its_batch(
     scenario: Scenario,
 ) -> None:
-    reply = make_client_app(simulated=True)(train_message(scenario, 2, True), context())
+    reply = TrainReply.from_message(
+        make_client_app(simulated=True)(train_message(scenario, 2, True), context())
+    )
 
-    assert reply.content["metrics"]["partition-id"] == 2
-    truth = reply.content["truth"].to_torch_state_dict()
+    assert reply.partition_id == 2
+    assert reply.truth is not None
     x, y, _ = training_batch(scenario, 2, 2)
-    assert torch.equal(truth["images"], x) and torch.equal(truth["labels"], y)
+    assert torch.equal(reply.truth[0], x) and torch.equal(reply.truth[1], y)
 
 
 def test_deployed_client_keeps_its_batch_and_serves_only_its_partition(
@@ -84,9 +101,9 @@ def test_deployed_client_keeps_its_batch_and_serves_only_its_partition(
 ) -> None:
     app = make_client_app(simulated=False)
 
-    reply = app(train_message(scenario, NODE_PARTITION, False), context())
-    assert "truth" not in reply.content
-    assert reply.content["metrics"]["partition-id"] == NODE_PARTITION
+    reply = TrainReply.from_message(app(train_message(scenario, NODE_PARTITION, False), context()))
+    assert reply.truth is None and reply.client_state is None
+    assert reply.partition_id == NODE_PARTITION
     with pytest.raises(PermissionError, match="does not send its data"):
         app(train_message(scenario, NODE_PARTITION, True), context())
     with pytest.raises(ValueError, match="holds partition 1, not 2"):
@@ -100,15 +117,14 @@ def test_client_scores_a_reconstruction_of_its_own_batch(scenario: Scenario) -> 
     images = x.flip(0).clone()
     images[1] = (images[1] + 0.1).clamp(0, 1)
     labels = torch.stack([y[1], (y[0] + 1) % 10])
-    record = protocol.reconstruction_record(images, labels)
+    query = ScoreQuery(to(scenario, NODE_PARTITION), images, labels)
 
-    reply = make_client_app(simulated=False)(
-        message(scenario, protocol.SCORE_QUERY, NODE_PARTITION, reconstruction=record),
-        context(),
-    )
+    reply = make_client_app(simulated=False)(query.to_message(5), context())
 
-    scores = protocol.scores_of(reply.content["scores"])
-    assert set(reply.content.keys()) == {"scores"}  # numbers only, no images
+    scores = ScoreReply.from_message(reply).scores
+    assert len(reply.content) == 1 and not reply.content.metric_records  # numbers only
+    (scored,) = reply.content.array_records.values()
+    assert all(tuple(array.shape) == (2, 2) for array in scored.values())  # no images
     assert scores.mse.shape == scores.ssim.shape == (2, 2)
     assert scores.mse[1, 0] == 0.0 and scores.ssim[1, 0] == pytest.approx(1.0)
     assert 0.0 < scores.mse[0, 1] <= 0.01
@@ -126,23 +142,24 @@ def test_client_state_follows_the_partition_across_stand_in_nodes(scenario: Scen
             "test",
         )[0].scenario.defences}
     )  # fmt: skip
+
+    def epsilon(reply: Message) -> float:
+        (report,) = TrainReply.from_message(reply).defences
+        assert report.index == 0
+        return report.values["epsilon"]
+
     app = make_client_app(simulated=True)
-    first = app(train_message(dp, 2, False), context())
-    state = str(first.content[protocol.CLIENT_STATE]["json"])
-    again = train_message(dp, 2, False)
-    again.content["config"][protocol.CLIENT_STATE] = state
-    second = app(again, context())  # another node's context: the state travels
-    fresh = app(train_message(dp, 2, False), context())
-    eps = [float(r.content["metrics"]["defence0.epsilon"]) for r in (first, second, fresh)]
+    first = app(train_message(dp, 2, False, {}), context())
+    state = TrainReply.from_message(first).client_state
+    assert state
+    # another node's context: the state travels
+    second = app(train_message(dp, 2, False, state), context())
+    fresh = app(train_message(dp, 2, False, {}), context())
+    eps = [epsilon(r) for r in (first, second, fresh)]
     assert eps[1] > eps[0] and eps[2] == pytest.approx(eps[0])
 
     deployed, node = make_client_app(simulated=False), context()
-    eps_node = [
-        float(deployed(train_message(dp, NODE_PARTITION, False), node).content["metrics"][
-            "defence0.epsilon"
-        ])
-        for _ in range(2)
-    ]  # fmt: skip
+    eps_node = [epsilon(deployed(train_message(dp, NODE_PARTITION, False), node)) for _ in range(2)]
     assert eps_node[1] > eps_node[0] == pytest.approx(eps[0])
 
 
@@ -187,11 +204,11 @@ def deployed_context(**node_config: object) -> Context:
 def test_deployed_client_refuses_a_model_the_node_does_not_allow(
     scenario: Scenario, side_effect_module: str, tmp_path: Path
 ) -> None:
-    msg = train_message(scenario, NODE_PARTITION, False)  # the arrays of the zoo model
+    zoo = instruction(scenario, NODE_PARTITION, False)  # the arrays of the zoo model
     for name in (f"{side_effect_module}:Net", "this:Foo"):
-        msg.content["config"][protocol.SCENARIO] = with_model(scenario, name).model_dump_json()
+        msg = dataclasses.replace(zoo, to=to(with_model(scenario, name), NODE_PARTITION))
         with pytest.raises(PermissionError, match=f"this node does not build model '{name}'"):
-            make_client_app(simulated=False)(msg, deployed_context())
+            make_client_app(simulated=False)(msg.to_message(5), deployed_context())
 
     assert side_effect_module not in sys.modules and "this" not in sys.modules
     assert not (tmp_path / "imported").exists()
@@ -205,7 +222,7 @@ def test_deployed_client_builds_a_model_its_node_config_allows(
 
     reply = make_client_app(simulated=False)(train_message(user, NODE_PARTITION, False), ctx)
 
-    assert set(reply.content["update"].keys()) == {"fc.weight", "fc.bias"}
+    assert set(TrainReply.from_message(reply).update) == {"fc.weight", "fc.bias"}
 
 
 def test_deployed_client_builds_a_model_registered_by_an_entry_point(
@@ -225,4 +242,4 @@ def test_deployed_client_builds_a_model_registered_by_an_entry_point(
         train_message(user, NODE_PARTITION, False), deployed_context()
     )
 
-    assert set(reply.content["update"].keys()) == {"fc.weight", "fc.bias"}
+    assert set(TrainReply.from_message(reply).update) == {"fc.weight", "fc.bias"}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord
 
 from fedsim.federation.client_app import local_update
+from fedsim.federation.protocol import flat_measurements
 from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.scenario import expand
 
@@ -31,22 +32,23 @@ def _start(scenario: object) -> tuple[torch.nn.Module, ArrayRecord]:
 def test_fedsgd_upload_is_the_gradient_of_the_reported_batch() -> None:
     scenario = _scenario(protocol="fedsgd", batch_size=3)
     model, state = _start(scenario)
-    update, metrics, (x, y) = local_update(scenario, 1, 1, state)
+    reply, (x, y) = local_update(scenario, 1, 1, state)
     loss = F.cross_entropy(model(x), y)
     expected = torch.autograd.grad(loss, list(model.parameters()))
     for (name, _), grad in zip(model.named_parameters(), expected, strict=True):
-        torch.testing.assert_close(update[name], grad)
-    assert metrics["num-examples"] == 3 and metrics["local-steps"] == 1
-    assert metrics["partition-id"] == 1
-    assert math.isclose(metrics["train-loss"], loss.item(), rel_tol=1e-5)
+        torch.testing.assert_close(reply.update[name], grad)
+    assert reply.num_examples == 3 and reply.local_steps == 1
+    assert reply.partition_id == 1
+    assert reply.train_loss is not None
+    assert math.isclose(reply.train_loss, loss.item(), rel_tol=1e-5)
 
 
 def test_fedsgd_batch_is_seeded_by_round_and_client() -> None:
     scenario = _scenario(protocol="fedsgd", batch_size=2)
     _, state = _start(scenario)
-    first = local_update(scenario, 0, 1, state)[2][0]
-    again = local_update(scenario, 0, 1, state)[2][0]
-    other_round = local_update(scenario, 0, 2, state)[2][0]
+    first = local_update(scenario, 0, 1, state)[1][0]
+    again = local_update(scenario, 0, 1, state)[1][0]
+    other_round = local_update(scenario, 0, 2, state)[1][0]
     assert torch.equal(first, again)
     assert not torch.equal(first, other_round)
 
@@ -54,10 +56,11 @@ def test_fedsgd_batch_is_seeded_by_round_and_client() -> None:
 def test_fedavg_upload_is_the_weight_delta_of_local_sgd() -> None:
     scenario = _scenario(protocol="fedavg", batch_size=8, local_epochs=2, lr=0.05)
     model, state = _start(scenario)
-    update, metrics, (x, y) = local_update(scenario, 2, 1, state)
+    reply, (x, y) = local_update(scenario, 2, 1, state)
+    update = reply.update
     n = len(y)
-    assert metrics["num-examples"] == n == metrics["batch-size"]
-    assert metrics["local-steps"] == 2 * math.ceil(n / 8)
+    assert reply.num_examples == n == reply.batch_size
+    assert reply.local_steps == 2 * math.ceil(n / 8)
     norms = [float(v.norm()) for v in update.values()]
     assert all(math.isfinite(v) for v in norms) and sum(norms) > 0
     # Applying the delta and recomputing the loss on the shard: training lowered it.
@@ -71,6 +74,12 @@ def test_fedavg_upload_is_the_weight_delta_of_local_sgd() -> None:
 def test_defence_measurements_are_reported_per_defence() -> None:
     scenario = _scenario(protocol="fedsgd", batch_size=1)
     _, state = _start(scenario)
-    _, metrics, _ = local_update(scenario, 0, 1, state)
-    assert metrics["defence0.noise_std"] == 0.0
-    assert metrics["defence0.update_norm"] > 0
+    reply, _ = local_update(scenario, 0, 1, state)
+    (report,) = reply.defences
+    assert report.index == 0
+    assert report.values["noise_std"] == 0.0
+    assert report.values["update_norm"] > 0
+    # as results.json names them
+    assert flat_measurements(reply.defences) == {
+        f"defence0.{k}": v for k, v in report.values.items()
+    }

@@ -1,4 +1,4 @@
-"""DLG through the plugin API, and how the attack tap contains misbehaving attacks."""
+"""DLG through the plugin API, and how the round attacker contains misbehaving attacks."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ from flwr.app import ArrayRecord
 
 from fedsim.cli import main
 from fedsim.federation.client_app import local_update
-from fedsim.federation.defences import ServerAggregation
+from fedsim.federation.defence_stages import ServerAggregation
+from fedsim.federation.protocol import TrainReply, flat_measurements, reply_contents
 from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.privacy.noise import ENGINE_NOISE
 from fedsim.scenario import Scenario, expand
@@ -46,14 +47,20 @@ def scenario(protocol: str, *defences: dict[str, Any]) -> Scenario:
     return expand(raw, "test")[0].scenario
 
 
+def sent(reply: TrainReply) -> set[str]:
+    """The names of the metrics and measurements in ``reply``, as ``results.json``'s
+    ``client_sent`` lists them."""
+    return reply_contents(reply.to_content()) - {"update", "metrics"}
+
+
 def arrays(sc: Scenario) -> ArrayRecord:
     return ArrayRecord.from_torch_state_dict(model_factory(sc, federated_data(sc))().state_dict())
 
 
 def upload(sc: Scenario, noise: str) -> torch.Tensor:
     """Client 1's round-2 upload, flattened."""
-    update, _, _ = local_update(sc, 1, 2, arrays(sc), {}, noise)  # type: ignore[arg-type]
-    return torch.cat([v.flatten() for v in update.values()])
+    reply, _ = local_update(sc, 1, 2, arrays(sc), {}, noise)  # type: ignore[arg-type]
+    return torch.cat([v.flatten() for v in reply.update.values()])
 
 
 @pytest.mark.parametrize("defence", sorted(CLIENT_NOISE_DEFENCES))
@@ -90,7 +97,7 @@ def test_a_formally_private_reply_carries_no_statistic_of_data_or_noise(
     defence: str, protocol: str
 ) -> None:
     sc = scenario(protocol, CLIENT_NOISE_DEFENCES[defence])
-    _, metrics, _ = local_update(sc, 1, 1, arrays(sc), {})
+    metrics = sent(local_update(sc, 1, 1, arrays(sc), {})[0])
     # No train-loss, no (realised Poisson) batch-size, no norm before or after clipping,
     # nothing measured of the noise drawn: only the configuration and the accountant.
     assert set(metrics) == ALWAYS_SENT | {f"defence0.{k}" for k in PUBLIC[defence]}
@@ -103,10 +110,10 @@ def test_measurements_before_the_private_release_stay_and_after_it_leave() -> No
         CLIENT_NOISE_DEFENCES["dp_gaussian"],
         CLIENT_NOISE_DEFENCES["gaussian_noise"],
     )
-    _, metrics, _ = local_update(sc, 1, 1, arrays(sc), {})
-    sent = {k for k in metrics if k.startswith("defence")}
+    reply, _ = local_update(sc, 1, 1, arrays(sc), {})
     # Pruning measured the raw update: nothing of it leaves. The noise added after the
     # private release only post-processes it: all of its measurements leave.
+    sent = set(flat_measurements(reply.defences))
     assert sent == {f"defence1.{k}" for k in PUBLIC["dp_gaussian"]} | {
         "defence2.noise_std",
         "defence2.measured_noise_std",
@@ -117,8 +124,8 @@ def test_measurements_before_the_private_release_stay_and_after_it_leave() -> No
 
 def test_without_a_formal_guarantee_the_reply_keeps_its_statistics() -> None:
     sc = scenario("fedsgd", CLIENT_NOISE_DEFENCES["gaussian_noise"])
-    _, metrics, _ = local_update(sc, 1, 1, arrays(sc), {})
-    assert {"train-loss", "batch-size", "defence0.measured_noise_std"} <= set(metrics)
+    metrics = sent(local_update(sc, 1, 1, arrays(sc), {})[0])
+    assert {"train-loss", "batch-size", "defence0.measured_noise_std"} <= metrics
 
 
 SIMULATED = """\

@@ -26,6 +26,7 @@ from fedsim.federation.client_app import (
     round_generator,
     save_defence_state,
 )
+from fedsim.federation.protocol import flat_measurements
 from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario, expand
@@ -92,8 +93,9 @@ def test_epsilon_equals_opacus_accountant_over_rounds(protocol: str) -> None:
     kept: dict = {}  # what the ClientApp keeps in Context.state between rounds
     steps, epsilons = 0, []
     for server_round in (1, 2, 3):
-        _, metrics, _ = local_update(sc, 1, server_round, arrays, kept)
-        steps += int(metrics["local-steps"])
+        reply, _ = local_update(sc, 1, server_round, arrays, kept)
+        steps += reply.local_steps
+        metrics = flat_measurements(reply.defences)
         assert metrics["defence0.sample_rate"] == pytest.approx(SAMPLE_RATE)
         assert metrics["defence0.delta"] == DELTA
         epsilons.append(metrics["defence0.epsilon"])
@@ -103,7 +105,7 @@ def test_epsilon_equals_opacus_accountant_over_rounds(protocol: str) -> None:
     assert steps == (3 * SHARD // BATCH if protocol == "fedavg" else 3)
     assert epsilons[0] < epsilons[1] < epsilons[2]
     # Without the kept state every round would report the first round's ε (Flower's example).
-    _, fresh, _ = local_update(sc, 1, 3, arrays, {})
+    fresh = flat_measurements(local_update(sc, 1, 3, arrays, {})[0].defences)
     assert fresh["defence0.epsilon"] == pytest.approx(epsilons[0], rel=0.05)
 
 
@@ -202,6 +204,7 @@ def test_fix_model_replaces_batchnorm_everywhere_and_trains() -> None:
     model, arrays = start(sc)
     kinds = {type(m).__name__ for m in model.modules()}
     assert "GroupNorm" in kinds and "BatchNorm2d" not in kinds
-    update, metrics, _ = local_update(sc, 0, 1, arrays, {})
+    reply, _ = local_update(sc, 0, 1, arrays, {})
+    update, metrics = reply.update, flat_measurements(reply.defences)
     assert set(update) == {n for n, _ in model.named_parameters()}
     assert math.isfinite(metrics["defence0.epsilon"])

@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.models import vgg19
 
 from fedsim.federation.client_app import local_update
-from fedsim.federation.observer import AttackTap, ClientUpload
+from fedsim.federation.observer import ClientUpload, RoundAttacker
 from fedsim.federation.scoring import SharedTruthScorer
 from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.perceptual import (
@@ -204,8 +204,8 @@ def test_missing_weights_file_is_a_scenario_error(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- in a run's records
 
 
-def tap_records(perceptual: dict[str, object], run_dir: Path) -> RunResults:
-    """One attack on one real FedSGD upload through the attack tap (no Flower)."""
+def attacker_records(perceptual: dict[str, object], run_dir: Path) -> RunResults:
+    """One attack on one real FedSGD upload through the round attacker (no Flower)."""
     raw = {
         "data": {"dataset": "digits", "image_size": 16},
         "federation": {"num_clients": 2, "clients_per_round": 1},
@@ -216,14 +216,15 @@ def tap_records(perceptual: dict[str, object], run_dir: Path) -> RunResults:
     data = federated_data(trial.scenario)
     factory = model_factory(trial.scenario, data)
     start = factory().state_dict()
-    update, metrics, truth = local_update(
-        trial.scenario, 0, 1, ArrayRecord.from_torch_state_dict(start)
-    )
+    reply, truth = local_update(trial.scenario, 0, 1, ArrayRecord.from_torch_state_dict(start))
+    update = reply.update
     store = ResultsStore(run_dir, "x", "simulation", "shared-truth", "")
     store.start_trial(0, {})
-    tap = AttackTap(trial, data, factory, store, run_dir, torch.device("cpu"), SharedTruthScorer())
-    upload = ClientUpload(0, update, 1, 1, 1, metrics, truth)
-    tap.on_round(1, start, [upload], update)
+    attacker = RoundAttacker(
+        trial, data, factory, store, run_dir, torch.device("cpu"), SharedTruthScorer()
+    )
+    upload = ClientUpload(0, update, 1, 1, 1, reply.train_loss, reply.defences, truth)
+    attacker.on_round(1, start, [upload], update)
     return store.data
 
 
@@ -235,8 +236,8 @@ def test_records_carry_the_metric_or_why_not(
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     common = {"cache_dir": str(tmp_path / "cache"), "stats_samples": 8}
-    scored = tap_records({"weights": str(vgg_files[0]), **common}, tmp_path / "a")
-    missing = tap_records(common, tmp_path / "b")
+    scored = attacker_records({"weights": str(vgg_files[0]), **common}, tmp_path / "a")
+    missing = attacker_records(common, tmp_path / "b")
 
     (record,) = scored.records
     assert record.status == "ok"

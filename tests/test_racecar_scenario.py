@@ -40,23 +40,24 @@ def test_racecar_fedsgd_upload_is_the_gradient_of_the_racecar_objective(variant:
     scenario = _scenario(protocol="fedsgd", batch_size=3, training="racecar", racecar=racecar)
     model = model_factory(scenario, federated_data(scenario))()
     state = ArrayRecord.from_torch_state_dict(model.state_dict())
-    update, metrics, (x, y) = local_update(scenario, 1, 1, state)
+    reply, (x, y) = local_update(scenario, 1, 1, state)
+    update = reply.update
     loss = RacecarTerm(model, (1, 16, 16), variant, racecar["lambdas"]).objective(x, y)  # type: ignore[arg-type]
     expected = torch.autograd.grad(loss, list(model.parameters()))
     for (name, _), grad in zip(model.named_parameters(), expected, strict=True):
         torch.testing.assert_close(update[name], grad)
-    assert metrics["train-loss"] == pytest.approx(loss.item(), rel=1e-5)
-    standard, _, _ = local_update(_scenario(protocol="fedsgd", batch_size=3), 1, 1, state)
-    assert not torch.allclose(standard["body.0.weight"], update["body.0.weight"])
+    assert reply.train_loss == pytest.approx(loss.item(), rel=1e-5)
+    standard, _ = local_update(_scenario(protocol="fedsgd", batch_size=3), 1, 1, state)
+    assert not torch.allclose(standard.update["body.0.weight"], update["body.0.weight"])
 
 
 def test_racecar_fedavg_trains_locally() -> None:
     scenario = _scenario(protocol="fedavg", batch_size=8, lr=0.05, training="racecar")
     model = model_factory(scenario, federated_data(scenario))()
     state = ArrayRecord.from_torch_state_dict(model.state_dict())
-    update, metrics, _ = local_update(scenario, 0, 1, state)
-    assert metrics["local-steps"] > 1
-    assert all(torch.isfinite(v).all() and v.abs().sum() > 0 for v in update.values())
+    reply, _ = local_update(scenario, 0, 1, state)
+    assert reply.local_steps > 1
+    assert all(torch.isfinite(v).all() and v.abs().sum() > 0 for v in reply.update.values())
 
 
 def test_racecar_with_dp_sgd_is_refused_in_one_line() -> None:
@@ -103,7 +104,8 @@ def test_gradient_matching_with_the_known_racecar_term_recovers_a_racecar_upload
     factory = model_factory(scenario, data)
     model = factory()
     start = dict(model.state_dict())
-    update, _, (x, y) = local_update(scenario, 0, 1, ArrayRecord.from_torch_state_dict(start))
+    reply, (x, y) = local_update(scenario, 0, 1, ArrayRecord.from_torch_state_dict(start))
+    update = reply.update
     known = known_regulariser(scenario.federation, data.input_shape)
     observation = Observation(
         position="server", round=1, client_id=0, model_factory=factory, parameters=start,

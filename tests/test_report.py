@@ -72,7 +72,7 @@ def fake_federation(
 ) -> None:
     """What a federation writes: accuracy per round, one client failure, and per attack
     the real batch of client 0 with a noisy copy as its reconstruction, scored and saved
-    as PNGs exactly as the attack tap does."""
+    as PNGs exactly as the round attacker does."""
     sigma = trial.scenario.defences[0].params["sigma"]
     for server_round in (0, 1, 2):
         store.set_accuracy(trial.index, server_round, 0.1 + 0.3 * server_round / (1 + sigma))

@@ -125,7 +125,7 @@ def fake_federation(
 ) -> None:
     """A federation's results: one round's accuracy, a failed client, and each attack run
     on a stand-in upload; ``dlg`` "rebuilds" a noisy copy of two digits (scored and
-    saved as PNGs as the attack tap does), the hostile attack raises."""
+    saved as PNGs as the round attacker does), the hostile attack raises."""
     store.set_accuracy(trial.index, 1, 0.5)
     store.add_client_failures(
         trial.index, [{"round": 1, "client": 1, "kind": "error", "error": CLIENT_ERROR}]

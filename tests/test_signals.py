@@ -19,6 +19,7 @@ from typing import Any, cast
 import pytest
 
 import fedsim.federation.runner as runner
+from fedsim.federation.progress import Event, Note
 from fedsim.federation.runner import FederationStopped, StoppableGrid, run_trial
 from fedsim.results.store import ResultsStore
 from fedsim.scenario import Trial, expand
@@ -38,7 +39,7 @@ def signal_soon(stop: StopRequest, *signums: int, after: float = 0.2) -> None:
     threading.Thread(target=deliver, daemon=True).start()
 
 
-def trial_run(stop: StopRequest, notes: list[str] | None = None) -> None:
+def trial_run(stop: StopRequest, notes: list[Event] | None = None) -> None:
     """``run_trial`` of a stand-in federation (which ignores the store and directory)."""
     store = cast(ResultsStore, None)
     run_trial(TRIAL, store, Path("."), (notes if notes is not None else []).append,
@@ -56,7 +57,7 @@ def test_a_federation_stops_at_its_next_step(monkeypatch: pytest.MonkeyPatch) ->
         raise FederationStopped("stop requested")
 
     monkeypatch.setattr(runner, "_federate", federation)
-    stop, notes = StopRequest(), []
+    stop, notes = StopRequest(), list[Event]()
     signal_soon(stop, signal.SIGTERM)
 
     with pytest.raises(Interrupted) as interrupted:
@@ -64,7 +65,7 @@ def test_a_federation_stops_at_its_next_step(monkeypatch: pytest.MonkeyPatch) ->
 
     assert interrupted.value.signum == signal.SIGTERM
     assert seen == [f"fedsim-trial{TRIAL.index}"]  # not the thread that handles signals
-    assert notes == [runner.STOPPING_NOTE.format(signal="SIGTERM")]
+    assert notes == [Note(runner.STOPPING_NOTE.format(signal="SIGTERM"))]
 
 
 def test_a_second_signal_stops_waiting_for_the_federation(

@@ -1,38 +1,43 @@
 """The Flower ClientApp: train on the private shard, defend the upload, reply;
 score reconstructions of its own batch on request.
 
-A train reply's ``RecordDict`` holds:
+A train reply (:class:`~fedsim.federation.protocol.TrainReply`) carries the
+defended upload, the example count and local steps, and every defence's
+measurements that may leave the client (from the ``training``-stage defence,
+if any, and the ``upload``-stage ones). While a client defence with a formal
+guarantee acts, the batch size (under Poisson sampling, the realised size) and
+the training loss stay on the client, and so do the measurements that would
+reveal the data or the noise drawn
+(:meth:`~fedsim.federation.defence_stages.ClientDefences.report`). The true
+batch goes along (simulation only) when the server asks for it
+(``share_truth``); it is used to score reconstructions and never reaches an
+attack.
 
-- ``update`` (ArrayRecord): the defended upload, keyed by parameter name —
-  the gradient (``fedsgd``) or the weight delta θ_after − θ_before (``fedavg``);
-- ``metrics`` (MetricRecord): ``num-examples``, ``partition-id``,
-  ``local-steps``, ``batch-size``, ``train-loss`` and every defence's
-  measurements as ``defence<i>.<key>`` (from the ``training``-stage defence,
-  if any, and the ``upload``-stage ones). While a client defence with a
-  formal guarantee acts, ``batch-size`` (under Poisson sampling, the realised
-  size) and ``train-loss`` stay on the client, and so do the measurements
-  that would reveal the data or the noise drawn
-  (:meth:`~fedsim.federation.defences.ClientDefences.report`);
-- ``truth`` (ArrayRecord, simulation only): the client's real batch, sent only
-  when the server's config says ``share-truth``; it is used to score
-  reconstructions and never reaches an attack.
-
-The other messages are described in :mod:`fedsim.federation.protocol`.
+The messages are defined in :mod:`fedsim.federation.protocol`.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import MutableMapping
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedsim.api import LocalTraining, TrainingResult, Update
+from fedsim.api import LocalTraining, TrainingResult
 from fedsim.federation import protocol
-from fedsim.federation.defences import ClientDefences
+from fedsim.federation.defence_stages import ClientDefences
+from fedsim.federation.protocol import (
+    DefenceReport,
+    PartitionReply,
+    ScoreQuery,
+    ScoreReply,
+    TrainInstruction,
+    TrainReply,
+    Truth,
+)
 from fedsim.federation.threads import torch_threads
 from fedsim.federation.trial_inputs import derive_seed, federated_data, model_factory
 from fedsim.metrics import pair_scores
@@ -116,8 +121,8 @@ def local_update(
     state: ArrayRecord,
     defence_state: MutableMapping[str, Any] | None = None,
     noise: NoiseSource = "seeded",
-) -> tuple[Update, dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
-    """One client's round: returns the defended upload, the reply's metrics, and the
+) -> tuple[TrainReply, Truth]:
+    """One client's round: the reply to ``train`` (without truth or state) and the
     true batch.
 
     ``defence_state`` carries the client's defences' state (e.g. an accountant's
@@ -139,54 +144,58 @@ def local_update(
     task = LocalTraining(
         model, images, labels, fed.protocol, fed.batch_size, fed.lr, fed.local_epochs, generator
     )
+    reports: list[DefenceReport] = []
     if trainer is not None:
         result = trainer.defence.train(task)
-        result.measurements = defences.report(trainer, result.measurements)
+        reports.append(defences.report(trainer, result.measurements))
     else:
         objective = training_objective(fed, model, data.input_shape)
         result = (_fedsgd if fed.protocol == "fedsgd" else _fedavg)(task, objective)
     x, y = result.batch
-    metrics: dict[str, float] = {
-        "num-examples": result.num_examples,
-        "partition-id": partition_id,
-        "local-steps": result.steps,
-    }
-    if not defences.guarded:
-        metrics["batch-size"] = len(y) if fed.protocol == "fedsgd" else len(labels)
-        metrics["train-loss"] = result.loss
-    metrics.update(result.measurements)
     update, measured = defences.defend_upload(result.update, server_round, partition_id)
-    metrics.update(measured)
     if defence_state is not None:
         defences.save_state(defence_state)
-    return update, metrics, (x, y)
+    guarded = defences.guarded
+    return TrainReply(
+        partition_id=partition_id,
+        update=update,
+        num_examples=result.num_examples,
+        local_steps=result.steps,
+        batch_size=None if guarded else len(y) if fed.protocol == "fedsgd" else len(labels),
+        train_loss=None if guarded else result.loss,
+        defences=tuple(reports + measured),
+    ), (x, y)
 
 
 DEFENCE_STATE_KEY = "fedsim-defences"
-"""Key of the ConfigRecord in ``Context.state`` holding the client's defence state (JSON)."""
+"""Key of the ConfigRecord in ``Context.state`` holding the client's defence state."""
 
 
 def load_defence_state(context: Context) -> dict[str, Any]:
     """The defence state this client saved in an earlier round (empty at first)."""
     if DEFENCE_STATE_KEY not in context.state.config_records:
         return {}
-    return json.loads(str(context.state.config_records[DEFENCE_STATE_KEY]["json"]))
+    return protocol.state_of(context.state.config_records[DEFENCE_STATE_KEY])
 
 
 def save_defence_state(context: Context, state: dict[str, Any]) -> None:
     """Keep ``state`` in ``Context.state``, which Flower hands back next round."""
-    context.state.config_records[DEFENCE_STATE_KEY] = ConfigRecord({"json": json.dumps(state)})
+    context.state.config_records[DEFENCE_STATE_KEY] = protocol.state_record(state)
 
 
-def _partition(config: ConfigRecord, context: Context, simulated: bool) -> int:
+def _partition(to: protocol.Addressee, context: Context, simulated: bool) -> int:
     """The partition a message is for; on a real node it must be the node's own."""
-    requested = int(config[protocol.PARTITION_ID])  # type: ignore[arg-type]
     if simulated:
-        return requested
-    own = int(context.node_config["partition-id"])
-    if requested != own:
-        raise ValueError(f"this node holds partition {own}, not {requested}")
+        return to.partition_id
+    own = node_partition(context)
+    if to.partition_id != own:
+        raise ValueError(f"this node holds partition {own}, not {to.partition_id}")
     return own
+
+
+def node_partition(context: Context) -> int:
+    """The partition a real node holds: its ``--node-config partition-id``."""
+    return int(context.node_config["partition-id"])
 
 
 def make_client_app(simulated: bool) -> ClientApp:
@@ -208,60 +217,49 @@ def make_client_app(simulated: bool) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        config = msg.content["config"]
-        partition = _partition(config, context, simulated)
+        instruction = TrainInstruction.from_message(msg)
+        partition = _partition(instruction.to, context, simulated)
         defence_state = (
-            json.loads(str(config.get(protocol.CLIENT_STATE, "{}")))
-            if simulated
-            else load_defence_state(context)
+            dict(instruction.client_state or {}) if simulated else load_defence_state(context)
         )
-        scenario = protocol.scenario_of(config)
+        scenario = instruction.to.scenario
         if not simulated:  # the server chose this model: build it only if the node allows it
             check_allowed(scenario.model.name, context.node_config)
+        if instruction.share_truth and not simulated:
+            raise PermissionError(
+                "this client does not send its data; score reconstructions on the client"
+            )
         with torch_threads(scenario.threads):
-            update, metrics, (x, y) = local_update(
+            reply, batch = local_update(
                 scenario,
                 partition,
-                int(config[protocol.SERVER_ROUND]),  # type: ignore[arg-type]
-                msg.content["arrays"],
+                instruction.to.server_round,
+                instruction.parameters,
                 defence_state,
                 ENGINE_NOISE["simulation" if simulated else "deployment"],
             )
-        content = RecordDict(
-            {
-                "update": ArrayRecord.from_torch_state_dict(update),
-                "metrics": MetricRecord(metrics),
-            }
-        )
-        if bool(config.get(protocol.SHARE_TRUTH, False)):
-            if not simulated:
-                raise PermissionError(
-                    "this client does not send its data; score reconstructions on the client"
-                )
-            content["truth"] = ArrayRecord.from_torch_state_dict({"images": x, "labels": y})
-        if simulated:
-            content[protocol.CLIENT_STATE] = ConfigRecord({"json": json.dumps(defence_state)})
-        else:
+        if not simulated:
             save_defence_state(context, defence_state)
-        return Message(content=content, reply_to=msg)
-
-    @app.query("partition")
-    def partition(msg: Message, context: Context) -> Message:
-        own = int(context.node_config["partition-id"])
-        return Message(RecordDict({"metrics": MetricRecord({"partition-id": own})}), reply_to=msg)
-
-    @app.query("score")
-    def score(msg: Message, context: Context) -> Message:
-        config = msg.content["config"]
-        scenario = protocol.scenario_of(config)
-        x, y, _ = training_batch(
-            scenario,
-            _partition(config, context, simulated),
-            int(config[protocol.SERVER_ROUND]),  # type: ignore[arg-type]
+        reply = dataclasses.replace(
+            reply,
+            truth=batch if instruction.share_truth else None,
+            client_state=defence_state if simulated else None,
         )
-        images, labels = protocol.reconstruction_of(msg.content["reconstruction"])
+        return Message(content=reply.to_content(), reply_to=msg)
+
+    @app.query(protocol.PARTITION_QUERY_ACTION)
+    def partition(msg: Message, context: Context) -> Message:
+        return Message(PartitionReply(node_partition(context)).to_content(), reply_to=msg)
+
+    @app.query(protocol.SCORE_QUERY_ACTION)
+    def score(msg: Message, context: Context) -> Message:
+        query = ScoreQuery.from_message(msg)
+        scenario = query.to.scenario
+        x, y, _ = training_batch(
+            scenario, _partition(query.to, context, simulated), query.to.server_round
+        )
         with torch_threads(scenario.threads):
-            scores = pair_scores(x, y, images, labels)
-        return Message(RecordDict({"scores": protocol.scores_record(scores)}), reply_to=msg)
+            scores = pair_scores(x, y, query.images, query.labels)
+        return Message(ScoreReply(scores).to_content(), reply_to=msg)
 
     return app

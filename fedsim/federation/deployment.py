@@ -34,12 +34,14 @@ from rich.console import Console
 
 from fedsim.federation.client_app import make_client_app
 from fedsim.federation.nodes import DeployedNodes
+from fedsim.federation.progress import Event
+from fedsim.federation.scoring import ScoringMode
 from fedsim.federation.server_app import run_federation
 from fedsim.results.table import rich_table
 from fedsim.run import finish_run, prepare_run, run_trials
 from fedsim.scenario import Trial
 
-SCORING = "on-client"
+SCORING: ScoringMode = "on-client"
 
 
 def _run_config_path(context: Context, key: str) -> Path | None:
@@ -49,8 +51,12 @@ def _run_config_path(context: Context, key: str) -> Path | None:
     return Path(value) if value else None
 
 
-def _progress(message: str) -> None:
+def _say(message: str) -> None:
     log(INFO, "fedsim: %s", message)
+
+
+def _progress(event: Event) -> None:
+    _say(event.text)
 
 
 def _main(grid: Grid, context: Context) -> None:
@@ -58,10 +64,10 @@ def _main(grid: Grid, context: Context) -> None:
     if scenario is None:
         raise ValueError("run config 'scenario' is empty: give the scenario file's path")
     run = prepare_run(scenario, [], _run_config_path(context, "run-dir"), "deployment", SCORING)
-    _progress(f"run directory {run.run_dir.resolve()}")
+    _say(f"run directory {run.run_dir.resolve()}")
 
     def one(trial: Trial) -> None:
-        _progress(f"point {trial.index + 1}/{len(run.trials)}: {trial.point or 'no sweep'}")
+        _say(f"point {trial.index + 1}/{len(run.trials)}: {trial.point or 'no sweep'}")
         fed = trial.scenario.federation
         nodes = DeployedNodes(fed.num_clients, fed.round_timeout)
         run_federation(grid, trial, run.store, run.run_dir, nodes, SCORING, _progress)
@@ -73,10 +79,10 @@ def _main(grid: Grid, context: Context) -> None:
     try:
         status, reason = run_trials(run, one, failed), ""
     finally:
-        rows = finish_run(run, status, reason, _progress)
+        rows = finish_run(run, status, reason, _say)
         table = io.StringIO()
         Console(file=table, width=120).print(rich_table(rows, title=f"{status}"))
-        _progress(f"{status}; results in {run.run_dir.resolve()}\n{table.getvalue()}")
+        _say(f"{status}; results in {run.run_dir.resolve()}\n{table.getvalue()}")
 
 
 server_app = ServerApp()

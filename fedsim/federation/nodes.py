@@ -21,10 +21,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedsim.federation.protocol import PARTITION_QUERY
+from fedsim.federation.protocol import PartitionReply, partition_query
 
 PULL_INTERVAL = 0.1
 """Seconds between polls for replies."""
@@ -65,12 +65,6 @@ def error_summary(reason: str, limit: int = 300) -> str:
     marker = "Message: "
     gist = text.rsplit(marker, 1)[1] if marker in text else text.strip().rsplit("\n", 1)[-1]
     return gist.strip()[:limit] or "no reason given"
-
-
-def _partition_query(node: int) -> Message:
-    return Message(
-        RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=PARTITION_QUERY
-    )
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -116,7 +110,7 @@ class SimulatedNodes(NodePlacement):
     def nodes_for(self, grid: Grid, partitions: Sequence[int]) -> dict[int, int]:
         if not self._nodes:
             self._nodes = wait_for_nodes(grid, len(partitions), self.timeout)
-            exchange(grid, [_partition_query(n) for n in self._nodes], STARTUP_TIMEOUT)
+            exchange(grid, [partition_query(n) for n in self._nodes], STARTUP_TIMEOUT)
         return dict(zip(partitions, self._nodes, strict=False))
 
 
@@ -144,11 +138,11 @@ def partition_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, i
     """
     nodes = wait_for_nodes(grid, num_clients, timeout)
     found: dict[int, int] = {}
-    replies = exchange(grid, [_partition_query(n) for n in nodes], timeout)
+    replies = exchange(grid, [partition_query(n) for n in nodes], timeout)
     for node, reply in zip(nodes, replies, strict=True):
         if reply is None or reply.has_error():
             continue
-        partition = int(reply.content["metrics"]["partition-id"])  # type: ignore[arg-type]
+        partition = PartitionReply.from_message(reply).partition_id
         if not 0 <= partition < num_clients:
             continue  # a node the scenario does not use
         if partition in found:

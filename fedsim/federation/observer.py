@@ -1,4 +1,4 @@
-"""The attack tap: what the ServerApp's strategy hands to attackers each round.
+"""The round attacker: what the ServerApp's strategy hands to attackers each round.
 
 For every configured attack it builds the :class:`~fedsim.api.Observation` its
 position allows (``server``: each client's upload; ``participant``: the round's
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,9 @@ import torch
 
 from fedsim.api import Attack, Observation, Reconstruction, Update
 from fedsim.federation.participant import others_update
-from fedsim.federation.scoring import Scorer, ScoringError, Truth
+from fedsim.federation.progress import AttackStarted, Progress
+from fedsim.federation.protocol import DefenceReport, TrainReply, Truth, flat_measurements
+from fedsim.federation.scoring import Scorer, ScoringError
 from fedsim.federation.trial_inputs import FederatedData, ModelFactory, derive_seed
 from fedsim.metrics import SUCCESS_PSNR, match_scores
 from fedsim.perceptual import PerceptualMetric, build_perceptual_metric
@@ -39,23 +41,35 @@ from fedsim.training.objective import known_regulariser
 
 @dataclass(frozen=True)
 class ClientUpload:
-    """One client's reply as the server holds it (``truth`` is for scoring only)."""
+    """One client's reply as the server holds it (``truth`` is for scoring only).
+
+    ``train_loss`` is ``None`` under a client defence with a formal guarantee;
+    ``defences`` are the measurements the client's defences reported."""
 
     client: int
     update: Update
     num_examples: int
     batch_size: int
     local_steps: int
-    metrics: dict[str, float]
+    train_loss: float | None
+    defences: tuple[DefenceReport, ...]
     truth: Truth | None
 
-
-Progress = Callable[[str], None]
-
-
-def defence_measurements(metrics: dict[str, float]) -> dict[str, float]:
-    """The ``defence<i>.<key>`` entries of a client's reply metrics."""
-    return {k: v for k, v in metrics.items() if k.startswith("defence")}
+    @classmethod
+    def of(cls, reply: TrainReply) -> ClientUpload:
+        """The server's view of a train reply. Without a batch size (a client under a
+        formal guarantee keeps its realised batch size), the batch size taken is the
+        example count: the expected size of a Poisson-sampled batch."""
+        return cls(
+            client=reply.partition_id,
+            update=reply.update,
+            num_examples=reply.num_examples,
+            batch_size=reply.num_examples if reply.batch_size is None else reply.batch_size,
+            local_steps=reply.local_steps,
+            train_loss=reply.train_loss,
+            defences=reply.defences,
+            truth=reply.truth,
+        )
 
 
 def run_attack(attack: Attack[Any], observation: Observation) -> Reconstruction:
@@ -116,7 +130,7 @@ def perceptual_metric(
     )
 
 
-class AttackTap:
+class RoundAttacker:
     """Runs the scenario's attacks on one trial's rounds and stores scored records."""
 
     def __init__(
@@ -128,7 +142,7 @@ class AttackTap:
         run_dir: Path,
         device: torch.device,
         scorer: Scorer,
-        progress: Progress = lambda _msg: None,
+        progress: Progress = lambda _event: None,
     ) -> None:
         self.trial, self.data, self.factory = trial, data, factory
         self.store, self.run_dir, self.device, self.progress = store, run_dir, device, progress
@@ -147,16 +161,15 @@ class AttackTap:
         start: Update,
         uploads: list[ClientUpload],
         aggregate: Update,
-        aggregate_measurements: dict[str, float] | None = None,
+        aggregate_measurements: Sequence[DefenceReport] = (),
     ) -> None:
         """Attack this round's uploads; ``start`` are the parameters clients started from,
         ``aggregate_measurements`` what the server's aggregate defence reported."""
-        aggregate_measurements = aggregate_measurements or {}
         self.store.add_round_defences(
             self.trial.index,
             server_round,
-            {u.client: defence_measurements(u.metrics) for u in uploads},
-            aggregate_measurements,
+            {u.client: flat_measurements(u.defences) for u in uploads},
+            flat_measurements(aggregate_measurements),
         )
         for index, config, attack in self.attacks:
             if config.rounds is not None and server_round not in config.rounds:
@@ -169,7 +182,7 @@ class AttackTap:
                     if observation.client_id is None
                     else f"client {observation.client_id}"
                 )
-                self.progress(f"round {server_round}: {config.name} on {who}")
+                self.progress(AttackStarted(server_round, config.name, who))
                 began = time.perf_counter()
                 result = run_attack(attack, observation)
                 self.store.add(
@@ -193,8 +206,8 @@ class AttackTap:
         start: Update,
         uploads: list[ClientUpload],
         aggregate: Update,
-        aggregate_measurements: dict[str, float],
-    ) -> list[tuple[Observation, list[ClientUpload], dict[str, float]]]:
+        aggregate_measurements: Sequence[DefenceReport],
+    ) -> list[tuple[Observation, list[ClientUpload], Sequence[DefenceReport]]]:
         """Each observation this attack makes, with the uploads behind it and their
         measurements."""
         fed = self.trial.scenario.federation
@@ -239,7 +252,7 @@ class AttackTap:
                         ),
                     ),
                     [u],
-                    u.metrics,
+                    u.defences,
                 )
                 for u in chosen
             ]
@@ -278,7 +291,7 @@ class AttackTap:
         observation: Observation,
         result: Reconstruction,
         holders: list[ClientUpload],
-        measured: dict[str, float],
+        measured: Sequence[DefenceReport],
         seconds: float,
     ) -> Record:
         record = Record(
@@ -293,7 +306,7 @@ class AttackTap:
             status=result.status,
             reason=result.reason,
             diagnostics=result.diagnostics,
-            defence_measurements=defence_measurements(measured),
+            defence_measurements=flat_measurements(measured),
             attack_seconds=seconds,
             threat_model=ThreatRecord.model_validate(
                 threat_model_record(

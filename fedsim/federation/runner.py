@@ -32,7 +32,7 @@ from flwr.supercore.run import Run
 
 from fedsim.federation.client_app import make_client_app
 from fedsim.federation.nodes import PULL_INTERVAL, SimulatedNodes
-from fedsim.federation.observer import Progress
+from fedsim.federation.progress import Event, Note, Progress
 from fedsim.federation.scoring import ScoringMode
 from fedsim.federation.server_app import run_federation
 from fedsim.results.store import ResultsStore
@@ -227,9 +227,9 @@ def _federate(
     scenario = trial.scenario
     server_app = ServerApp()
 
-    def note(message: str) -> None:
+    def note(event: Event) -> None:
         _check(stop)
-        progress(message)
+        progress(event)
 
     @server_app.main()
     def main(grid: Grid, _context: Context) -> None:
@@ -244,7 +244,7 @@ def _federate(
             server_app=server_app,
             client_app=make_client_app(simulated=True),
             num_supernodes=scenario.federation.clients_per_round,
-            backend_config=backend_config(scenario),  # type: ignore[arg-type]
+            backend_config=backend_config(scenario),
         )
 
 
@@ -295,7 +295,7 @@ def run_trial(
     while thread.is_alive() and not stop.abandoned:
         thread.join(JOIN_INTERVAL)
         if stop.requested and not told:
-            progress(STOPPING_NOTE.format(signal=describe(stop.signum)))
+            progress(Note(STOPPING_NOTE.format(signal=describe(stop.signum))))
             told = True
     if stop.requested and (failure or thread.is_alive()):
         raise stop.interrupted()

@@ -21,18 +21,14 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.federation import protocol
 from fedsim.federation.nodes import NodePlacement, error_summary, exchange
+from fedsim.federation.protocol import Addressee, ScoreQuery, ScoreReply, Truth
 from fedsim.metrics import PairScores, pair_scores
 
 ScoringMode = Literal["shared-truth", "on-client"]
 SCORING_MODES: tuple[ScoringMode, ...] = ("shared-truth", "on-client")
-
-Truth = tuple[torch.Tensor, torch.Tensor]
-"""A client's true batch: ``(B, C, H, W)`` images in [0, 1] and ``(B,)`` labels."""
 
 
 class ScoringError(ValueError):
@@ -110,17 +106,9 @@ class OnClientScorer(Scorer):
         labels: torch.Tensor | None,
     ) -> Scored:
         route = self.nodes.nodes_for(self.grid, clients)
-        reconstruction = protocol.reconstruction_record(images, labels)
         queries = [
-            Message(
-                RecordDict(
-                    {
-                        "reconstruction": reconstruction,
-                        "config": protocol.message_config(self.scenario_json, server_round, c),
-                    }
-                ),
-                dst_node_id=route[c],
-                message_type=protocol.SCORE_QUERY,
+            ScoreQuery(Addressee(self.scenario_json, server_round, c), images, labels).to_message(
+                route[c]
             )
             for c in clients
         ]
@@ -129,8 +117,8 @@ class OnClientScorer(Scorer):
             if reply is None:
                 raise ScoringError(f"client {client} did not reply within {self.timeout:g} s")
             if reply.has_error():
-                raise ScoringError(f"client {client}: {error_summary(reply.error.reason)}")
-            parts.append(protocol.scores_of(reply.content["scores"]))
+                raise ScoringError(f"client {client}: {error_summary(reply.error.reason or '')}")
+            parts.append(ScoreReply.from_message(reply).scores)
         return Scored(parts, None)
 
 

@@ -1,4 +1,4 @@
-"""The Flower ServerApp's federation: seeded client sampling, aggregation, the attack tap.
+"""The Flower ServerApp's federation: seeded client sampling, aggregation, the attacks.
 
 The strategy subclasses Flower's ``FedAvg`` and overrides two steps:
 ``configure_train`` (sample ``clients_per_round`` clients with a seeded RNG,
@@ -6,7 +6,7 @@ route them to nodes, remember the parameters they start from) and
 ``aggregate_train`` (record failed and timed-out clients and what the
 replies carried, split ground truth off every reply, average the uploads —
 or let the scenario's ``aggregate``-stage defence combine them — apply the
-result, and hand the round to the :class:`~fedsim.federation.observer.AttackTap`).
+result, and hand the round to the :class:`~fedsim.federation.observer.RoundAttacker`).
 
 :func:`run_federation` runs one trial on a Flower ``Grid``; the ServerApps of
 the simulation (``runner.py``) and of the deployment engine (``deployment.py``)
@@ -19,19 +19,21 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRecordValues
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.api import Update
 from fedsim.federation import protocol
-from fedsim.federation.defences import ServerAggregation
+from fedsim.federation.defence_stages import ServerAggregation
 from fedsim.federation.nodes import NodePlacement, error_summary
-from fedsim.federation.observer import AttackTap, ClientUpload, Progress
+from fedsim.federation.observer import ClientUpload, RoundAttacker
+from fedsim.federation.progress import ClientsFailed, Progress, RoundDone
+from fedsim.federation.protocol import Addressee, TrainInstruction, TrainReply
 from fedsim.federation.scoring import OnClientScorer, Scorer, ScoringMode, SharedTruthScorer
 from fedsim.federation.threads import torch_threads
 from fedsim.federation.trial_inputs import (
@@ -64,30 +66,34 @@ class AttackedFedAvg(FedAvg):
     def __init__(
         self,
         scenario: Scenario,
-        tap: AttackTap,
+        attacker: RoundAttacker,
         nodes: NodePlacement,
         failures: Callable[[list[ClientFailure]], None],
         sent: Callable[[set[str]], None],
         noise: NoiseSource,
+        share_truth: bool,
     ) -> None:
         """``failures`` receives each round's failed clients; ``sent`` the names of what
-        the round's train replies carried (:func:`reply_contents`); ``noise`` is where the
-        aggregate defence draws its noise from."""
+        the round's train replies carried (:func:`~fedsim.federation.protocol.reply_contents`);
+        ``noise`` is where the aggregate defence draws its noise from; ``share_truth``
+        asks the clients for their true batch."""
         fed = scenario.federation
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=0.0,
             min_train_nodes=fed.clients_per_round,
             min_available_nodes=fed.clients_per_round,
+            arrayrecord_key=protocol.ARRAYS,
+            configrecord_key=protocol.CONFIG,
         )
-        self.scenario, self.tap, self.nodes, self.failures = scenario, tap, nodes, failures
-        self.report_sent = sent
+        self.scenario, self.attacker, self.nodes = scenario, attacker, nodes
+        self.failures, self.report_sent, self.share_truth = failures, sent, share_truth
         self.scenario_json = scenario.model_dump_json()
         self.aggregation = ServerAggregation(scenario, noise)
         self._start: Update = {}
         self._sent: dict[int, int] = {}
-        self._client_state: dict[int, str] = {}
-        """Each partition's state across rounds (JSON), kept for stand-in nodes."""
+        self._client_state: dict[int, dict[str, Any]] = {}
+        """Each partition's state across rounds, kept for stand-in nodes."""
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -99,22 +105,12 @@ class AttackedFedAvg(FedAvg):
         self._sent = {route[p]: p for p in partitions}
         self._start = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
         return [
-            Message(
-                RecordDict(
-                    {
-                        self.arrayrecord_key: arrays,
-                        self.configrecord_key: ConfigRecord(
-                            {
-                                **config,
-                                **protocol.message_config(self.scenario_json, server_round, p),
-                                **self._state_for(p),
-                            }
-                        ),
-                    }
-                ),
-                dst_node_id=route[p],
-                message_type=MessageType.TRAIN,
-            )
+            TrainInstruction(
+                Addressee(self.scenario_json, server_round, p),
+                arrays,
+                self.share_truth,
+                self._client_state.get(p, {}) if self.nodes.stand_ins else None,
+            ).to_message(route[p])
             for p in partitions
         ]
 
@@ -126,14 +122,13 @@ class AttackedFedAvg(FedAvg):
         if failures:
             self.failures(failures)
         answered = [m for m in replies if not m.has_error()]
-        self.report_sent(set().union(*(reply_contents(m) for m in answered)))
-        uploads = [_upload(m) for m in answered]
+        self.report_sent(set().union(*(protocol.reply_contents(m.content) for m in answered)))
+        received = [(m.metadata.src_node_id, TrainReply.from_message(m)) for m in answered]
         if self.nodes.stand_ins:
-            for m in replies:
-                if not m.has_error() and protocol.CLIENT_STATE in m.content.config_records:
-                    partition = self._sent[m.metadata.src_node_id]
-                    state = m.content.config_records[protocol.CLIENT_STATE]["json"]
-                    self._client_state[partition] = str(state)
+            for node, reply in received:
+                if reply.client_state is not None:
+                    self._client_state[self._sent[node]] = reply.client_state
+        uploads = [ClientUpload.of(reply) for _, reply in received]
         if not uploads:
             return None, None
         aggregate, aggregate_measurements = self.aggregation(
@@ -144,20 +139,14 @@ class AttackedFedAvg(FedAvg):
         new_state = {
             k: v + step * aggregate[k] if k in aggregate else v for k, v in self._start.items()
         }
-        self.tap.on_round(server_round, self._start, uploads, aggregate, aggregate_measurements)
-        summary: dict[str, float] = {"clients": len(uploads)}
-        reported = [u for u in uploads if "train-loss" in u.metrics]
-        if reported:  # none under a client-side formal guarantee
-            summary["train-loss"] = sum(
-                u.metrics["train-loss"] * u.num_examples for u in reported
-            ) / sum(u.num_examples for u in reported)
+        self.attacker.on_round(
+            server_round, self._start, uploads, aggregate, aggregate_measurements
+        )
+        summary: dict[str, MetricRecordValues] = {"clients": len(uploads)}
+        losses = [(u.train_loss, u.num_examples) for u in uploads if u.train_loss is not None]
+        if losses:  # none under a client-side formal guarantee
+            summary["train-loss"] = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
         return ArrayRecord.from_torch_state_dict(new_state), MetricRecord(summary)
-
-    def _state_for(self, partition: int) -> dict[str, str]:
-        """The ``client-state`` entry of ``partition``'s train config (stand-in nodes only)."""
-        if not self.nodes.stand_ins:
-            return {}
-        return {protocol.CLIENT_STATE: self._client_state.get(partition, "{}")}
 
     def _failures(self, server_round: int, replies: list[Message]) -> list[ClientFailure]:
         """Error replies, and sampled clients with no reply within ``round_timeout``."""
@@ -166,7 +155,7 @@ class AttackedFedAvg(FedAvg):
                 server_round,
                 self._sent[m.metadata.src_node_id],
                 "error",
-                error_summary(m.error.reason),
+                error_summary(m.error.reason or ""),
             )
             for m in replies
             if m.has_error()
@@ -179,36 +168,6 @@ class AttackedFedAvg(FedAvg):
             if node not in answered
         ]
         return sorted(failures, key=lambda f: f.client)
-
-
-def reply_contents(message: Message) -> set[str]:
-    """The names of what a reply carried: its records' names and its metrics' keys."""
-    content = message.content
-    names = set(content)
-    for record in content.metric_records.values():
-        names.update(record)
-    return names
-
-
-def _upload(message: Message) -> ClientUpload:
-    """The server's view of a train reply. Without ``batch-size`` (a client under a
-    formal guarantee keeps its realised batch size), the batch size taken is
-    ``num-examples``: the expected size of a Poisson-sampled batch."""
-    content = message.content
-    metrics = {k: float(v) for k, v in content["metrics"].items()}  # type: ignore[arg-type]
-    truth = None
-    if "truth" in content.array_records:
-        t = content["truth"].to_torch_state_dict()
-        truth = (t["images"], t["labels"])
-    return ClientUpload(
-        client=int(metrics["partition-id"]),
-        update=dict(content["update"].to_torch_state_dict()),
-        num_examples=int(metrics["num-examples"]),
-        batch_size=int(metrics.get("batch-size", metrics["num-examples"])),
-        local_steps=int(metrics["local-steps"]),
-        metrics=metrics,
-        truth=truth,
-    )
 
 
 def test_accuracy(
@@ -238,7 +197,8 @@ def run_federation(
     """Run ``trial``'s federation on ``grid``: rounds, central test accuracy, attacks.
 
     Accuracy, client failures and scored attack records land in ``store`` as
-    rounds finish; ``progress`` receives one-line notes.
+    rounds finish; ``progress`` receives the run's events (a round done, an attack
+    started, clients failed).
     """
     scenario = trial.scenario
     fed = scenario.federation
@@ -250,17 +210,17 @@ def run_federation(
         else OnClientScorer(grid, nodes, scenario.model_dump_json(), fed.round_timeout)
     )
     device = resolve_device(scenario.device)
-    tap = AttackTap(trial, data, factory, store, run_dir, device, scorer, progress)
+    attacker = RoundAttacker(trial, data, factory, store, run_dir, device, scorer, progress)
 
     def on_failures(failures: list[ClientFailure]) -> None:
         store.add_client_failures(trial.index, [asdict(f) for f in failures])
-        progress(f"round {failures[0].round}: {len(failures)} client(s) failed")
+        progress(ClientsFailed(failures[0].round, len(failures)))
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         accuracy = test_accuracy(factory, data, arrays.to_torch_state_dict())
         store.set_accuracy(trial.index, server_round, accuracy)
         if server_round:
-            progress(f"round {server_round}/{fed.rounds} done, test accuracy {accuracy:.3f}")
+            progress(RoundDone(server_round, fed.rounds, accuracy))
         return MetricRecord({"accuracy": accuracy})
 
     with torch_threads(scenario.threads):
@@ -270,16 +230,16 @@ def run_federation(
         store.set_trial_info(trial.index, "model_start", start_info)
         AttackedFedAvg(
             scenario,
-            tap,
+            attacker,
             nodes,
             on_failures,
             lambda names: store.add_client_sent(trial.index, names),
             store.client_noise,
+            share_truth=scoring == "shared-truth",
         ).start(
             grid=grid,
             initial_arrays=ArrayRecord.from_torch_state_dict(model.state_dict()),
             num_rounds=fed.rounds,
             timeout=fed.round_timeout,
-            train_config=ConfigRecord({protocol.SHARE_TRUTH: scoring == "shared-truth"}),
             evaluate_fn=evaluate,
         )

@@ -25,7 +25,7 @@ import torch
 from fedsim.api import Update
 
 NoiseSource = Literal["seeded", "os-entropy"]
-"""Where defences draw their randomness from (see :mod:`fedsim.federation.defences`)."""
+"""Where defences draw their randomness from (see :mod:`fedsim.federation.defence_stages`)."""
 
 ENGINE_NOISE: dict[str, NoiseSource] = {"simulation": "seeded", "deployment": "os-entropy"}
 """The noise source of each engine (``results.json`` records it as ``client_noise``)."""

@@ -18,7 +18,6 @@ determines the server's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from fedsim.api import Defence, Update
+from fedsim.federation.protocol import DefenceReport
 from fedsim.federation.trial_inputs import derive_seed
 from fedsim.privacy.noise import NoiseSource, noise_generator, weighted_mean
 from fedsim.registry import instantiate_defence
@@ -41,11 +41,10 @@ class ActiveDefence:
     index: int
     defence: Defence[Any]
 
-    def prefixed(self, measurements: Mapping[str, float]) -> dict[str, float]:
-        """Measurements keyed ``defence<index>.<key>``; NaN values are dropped
+    def report(self, measurements: Mapping[str, float]) -> DefenceReport:
+        """``measurements`` as this defence's report; NaN values are dropped
         (infinities stay: ``epsilon = inf`` means noise-free, no guarantee)."""
-        return {f"defence{self.index}.{k}": float(v) for k, v in measurements.items()
-                if not math.isnan(v)}  # fmt: skip
+        return DefenceReport.finite_or_inf(self.index, measurements)
 
 
 def active_defences(scenario: Scenario, stages: Sequence[str]) -> list[ActiveDefence]:
@@ -89,8 +88,8 @@ class ClientDefences:
         the private data (training loss, realised batch size, norms) leaves the client."""
         return any(a.defence.formal_guarantee for a in self.active)
 
-    def report(self, item: ActiveDefence, measured: Mapping[str, float]) -> dict[str, float]:
-        """The measurements of ``item`` that leave the client, prefixed.
+    def report(self, item: ActiveDefence, measured: Mapping[str, float]) -> DefenceReport:
+        """The measurements of ``item`` that leave the client.
 
         Unguarded: all of them. Guarded: a formal defence's
         :attr:`~fedsim.api.Defence.public_measurements` only; nothing from a
@@ -100,18 +99,18 @@ class ClientDefences:
         """
         formal = [i for i, a in enumerate(self._acting) if a.defence.formal_guarantee]
         if not formal or self._acting.index(item) > formal[0]:
-            return item.prefixed(measured)
+            return item.report(measured)
         if item.defence.formal_guarantee:
             public = item.defence.public_measurements
-            return item.prefixed({k: v for k, v in measured.items() if k in public})
-        return {}
+            return item.report({k: v for k, v in measured.items() if k in public})
+        return item.report({})
 
     def defend_upload(
         self, update: Update, server_round: int, partition_id: int
-    ) -> tuple[Update, dict[str, float]]:
-        """Apply the ``upload``-stage defences in order; returns the upload and the
-        measurements that may leave the client (:meth:`report`)."""
-        measurements: dict[str, float] = {}
+    ) -> tuple[Update, list[DefenceReport]]:
+        """Apply the ``upload``-stage defences in order; returns the upload and, in
+        that order, the measurements that may leave the client (:meth:`report`)."""
+        reports: list[DefenceReport] = []
         for item in self.active:
             if item.defence.stage != "upload":
                 continue
@@ -119,8 +118,8 @@ class ClientDefences:
                 derive_seed(self.scenario.seed, "defence", item.index, server_round, partition_id)
             )
             update, measured = item.defence.apply(update, noise_generator(self.noise, seeded))
-            measurements.update(self.report(item, measured))
-        return update, measurements
+            reports.append(self.report(item, measured))
+        return update, reports
 
     def save_state(self, state: MutableMapping[str, Any]) -> None:
         """Write every defence's state into ``state`` (keyed by defence index)."""
@@ -143,14 +142,15 @@ class ServerAggregation:
 
     def __call__(
         self, server_round: int, updates: Sequence[Update], weights: Sequence[float]
-    ) -> tuple[Update, dict[str, float]]:
-        """The round's aggregate and the aggregate defence's measurements (prefixed)."""
+    ) -> tuple[Update, list[DefenceReport]]:
+        """The round's aggregate and the aggregate defence's measurements (none
+        without an aggregate defence)."""
         if self.central is None:
-            return weighted_mean(updates, weights), {}
+            return weighted_mean(updates, weights), []
         seeded = torch.Generator().manual_seed(
             derive_seed(self.scenario.seed, "defence", self.central.index, server_round, "server")
         )
         aggregate, measured = self.central.defence.aggregate(
             updates, weights, noise_generator(self.noise, seeded)
         )
-        return aggregate, self.central.prefixed(measured)
+        return aggregate, [self.central.report(measured)]
