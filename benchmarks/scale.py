@@ -57,9 +57,9 @@ from rich.table import Table
 from fedsim.federation.client_app import training_batch
 from fedsim.federation.runner import backend_config, logs_to, ray_session, run_trial
 from fedsim.federation.server_app import test_accuracy
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.run import finish_run, prepare_run, run_trials
 from fedsim.scenario import Scenario, Trial, load
+from fedsim.trial_inputs import federated_data, model_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "many_clients.toml"

@@ -41,10 +41,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsim.federation.client_app import local_update
-from fedsim.federation.trial_inputs import derive_seed, federated_data, model_factory
 from fedsim.inversion.gradient_matching import DISTANCES, match_gradients
 from fedsim.metrics import SUCCESS_PSNR, psnr
 from fedsim.scenario import Scenario, load, parse_override
+from fedsim.trial_inputs import derive_seed, federated_data, model_factory
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "wdlg_vs_dlg.toml"
 WDLG_INDEX = 1  # position of [[attacks]] wdlg in the scenario: it fixes the attack seed

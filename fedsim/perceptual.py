@@ -323,7 +323,7 @@ class PerceptualMetric:
 
 def _statistics_images(data: DataConfig, samples: int) -> Callable[[], torch.Tensor]:
     def images() -> torch.Tensor:
-        from fedsim.federation.trial_inputs import load_images
+        from fedsim.trial_inputs import load_images
 
         pixels = load_images(data, STATISTICS_SEED).images
         if len(pixels) > samples:

@@ -12,11 +12,11 @@ from __future__ import annotations
 from torch import nn
 
 from fedsim.data.source import DataError
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.models.checkpoint import CheckpointError, load_checkpoint
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario, ScenarioError, Trial
 from fedsim.training.racecar import UnsupportedModel, check_racecar_model, layer_weights
+from fedsim.trial_inputs import federated_data, model_factory
 
 
 def preflight(trials: list[Trial], source: str) -> None:

@@ -15,7 +15,7 @@ the plots, the summary tables and ``report.html`` (a report that cannot be built
 is a warning: the results are saved already).
 
 :func:`prepare_run`, :func:`run_trials` and :func:`finish_run` are shared with
-the deployment engine's ServerApp (``fedsim.federation.deployment``).
+the deployment engine's ServerApp (``fedsim.deployment``).
 """
 
 from __future__ import annotations

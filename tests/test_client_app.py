@@ -22,8 +22,8 @@ from fedsim.federation.protocol import (
     TrainInstruction,
     TrainReply,
 )
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.scenario import ModelConfig, Scenario, expand
+from fedsim.trial_inputs import federated_data, model_factory
 
 NODE_PARTITION = 1
 

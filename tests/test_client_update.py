@@ -10,8 +10,8 @@ from flwr.app import ArrayRecord
 
 from fedsim.federation.client_app import local_update
 from fedsim.federation.protocol import flat_measurements
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.scenario import expand
+from fedsim.trial_inputs import federated_data, model_factory
 
 
 def _scenario(**federation: object) -> object:

@@ -21,9 +21,9 @@ from fedsim.cli import main
 from fedsim.federation.client_app import local_update
 from fedsim.federation.defence_stages import ServerAggregation
 from fedsim.federation.protocol import TrainReply, flat_measurements, reply_contents
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.privacy.noise import ENGINE_NOISE
 from fedsim.scenario import Scenario, expand
+from fedsim.trial_inputs import federated_data, model_factory
 
 CLIENT_NOISE_DEFENCES = {
     "gaussian_noise": {"name": "gaussian_noise", "sigma": 0.1},

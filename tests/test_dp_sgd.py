@@ -27,9 +27,9 @@ from fedsim.federation.client_app import (
     save_defence_state,
 )
 from fedsim.federation.protocol import flat_measurements
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario, expand
+from fedsim.trial_inputs import federated_data, model_factory
 
 DELTA = 1e-5
 # digits at 16×16, 400 samples: 320 train, 80 for clients 1-3; batch 4 → Opacus's q = 1/20.

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from fedsim.data.datasets import DataError, load_photos
-from fedsim.federation.trial_inputs import federated_data, select_classes
 from fedsim.models.zoo import build_model
 from fedsim.scenario import ScenarioError, expand
+from fedsim.trial_inputs import federated_data, select_classes
 
 
 def test_classes_keep_and_relabel_in_the_given_order() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.models.imports import defines_statically
 from fedsim.models.zoo import ConvNet, build_model, model_class
 from fedsim.registry import registered_models
 from fedsim.scenario import ScenarioError, expand
+from fedsim.trial_inputs import federated_data, model_factory
 
 SHAPE = (3, 32, 32)
 

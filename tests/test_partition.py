@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fedsim.data.partition import client_partitioner, partition_positions, train_test_split
-from fedsim.federation.trial_inputs import federated_data, load_images
 from fedsim.preflight import preflight
 from fedsim.scenario import ScenarioError, expand
+from fedsim.trial_inputs import federated_data, load_images
 
 LABELS = np.repeat(np.arange(10), 40)  # 400 samples, 10 balanced classes
 

@@ -23,7 +23,6 @@ from torchvision.models import vgg19
 from fedsim.federation.client_app import local_update
 from fedsim.federation.observer import ClientUpload, RoundAttacker
 from fedsim.federation.scoring import SharedTruthScorer
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.perceptual import (
     VGG19_RELU4_2,
     FilterStatistics,
@@ -38,6 +37,7 @@ from fedsim.results.store import ResultsStore
 from fedsim.results.table import columns, summarise
 from fedsim.run import unavailable_metrics
 from fedsim.scenario import DataConfig, PerceptualConfig, expand
+from fedsim.trial_inputs import federated_data, model_factory
 
 
 def homogeneous_net(seed: int = 0) -> nn.Module:

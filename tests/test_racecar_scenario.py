@@ -13,13 +13,13 @@ from flwr.app import ArrayRecord
 
 from fedsim.api import Observation
 from fedsim.federation.client_app import local_update
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.inversion.matching import MatchingParams
 from fedsim.metrics import score_batch
 from fedsim.preflight import preflight
 from fedsim.scenario import Scenario, ScenarioError, expand
 from fedsim.training.objective import known_regulariser
 from fedsim.training.racecar import RacecarTerm
+from fedsim.trial_inputs import federated_data, model_factory
 
 
 def _raw(**federation: Any) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from rich.console import Console
 import fedsim.federation.runner as runner
 import fedsim.report
 from fedsim.cli import main
-from fedsim.federation.trial_inputs import federated_data
 from fedsim.metrics import score_batch
 from fedsim.report.leakage import format_psnr
 from fedsim.results.images import save_png
@@ -27,6 +26,7 @@ from fedsim.results.schema import ImageResult, RunResults
 from fedsim.results.store import Record, ResultsStore, read_results
 from fedsim.run import run_scenario
 from fedsim.scenario import Trial
+from fedsim.trial_inputs import federated_data
 
 SIGMAS = [0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 ATTACKS = [

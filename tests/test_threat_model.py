@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from fedsim.cli import main
 from fedsim.data.datasets import load_photos
 from fedsim.federation.server_app import test_accuracy as accuracy_of
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.inversion.gradient_matching import (
     LocalSGD,
     MatchConfig,
@@ -26,6 +25,7 @@ from fedsim.results.round_plots import round_rows, save_round_plots
 from fedsim.results.schema import parse_results
 from fedsim.scenario import expand
 from fedsim.threat import DEFAULT_KNOWLEDGE, sok_class
+from fedsim.trial_inputs import federated_data, model_factory
 
 FEDAVG_DLG = """\
 name = "threat"

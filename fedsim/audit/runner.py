@@ -12,8 +12,8 @@ from fedsim.analytic.chain import UnsupportedModel
 from fedsim.analytic.rank import RankError
 from fedsim.audit.cm import AuditReport, Method, audit_model
 from fedsim.data.source import DataError
-from fedsim.federation.trial_inputs import federated_data, model_factory
 from fedsim.scenario import ScenarioError, Trial
+from fedsim.trial_inputs import federated_data, model_factory
 
 
 @dataclass(frozen=True)

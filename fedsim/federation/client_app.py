@@ -39,12 +39,12 @@ from fedsim.federation.protocol import (
     Truth,
 )
 from fedsim.federation.threads import torch_threads
-from fedsim.federation.trial_inputs import derive_seed, federated_data, model_factory
 from fedsim.metrics import pair_scores
 from fedsim.models.allowed import check_allowed
 from fedsim.privacy.noise import ENGINE_NOISE, NoiseSource, noise_generator
 from fedsim.scenario import Scenario
 from fedsim.training.objective import Objective, training_objective
+from fedsim.trial_inputs import derive_seed, federated_data, model_factory
 
 
 def round_generator(scenario: Scenario, partition_id: int, server_round: int) -> torch.Generator:

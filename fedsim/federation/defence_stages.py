@@ -26,10 +26,10 @@ import torch
 
 from fedsim.api import Defence, Update
 from fedsim.federation.protocol import DefenceReport
-from fedsim.federation.trial_inputs import derive_seed
 from fedsim.privacy.noise import NoiseSource, noise_generator, weighted_mean
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario
+from fedsim.trial_inputs import derive_seed
 
 CLIENT_STAGES = ("training", "upload")
 

@@ -27,7 +27,6 @@ from fedsim.federation.participant import others_update
 from fedsim.federation.progress import AttackStarted, Progress
 from fedsim.federation.protocol import DefenceReport, TrainReply, Truth, flat_measurements
 from fedsim.federation.scoring import Scorer, ScoringError
-from fedsim.federation.trial_inputs import FederatedData, ModelFactory, derive_seed
 from fedsim.metrics import SUCCESS_PSNR, match_scores
 from fedsim.perceptual import PerceptualMetric, build_perceptual_metric
 from fedsim.registry import instantiate_attack
@@ -37,6 +36,7 @@ from fedsim.results.store import Record, ResultsStore
 from fedsim.scenario import AttackConfig, DataConfig, PerceptualConfig, Scenario, Trial
 from fedsim.threat import threat_model_record
 from fedsim.training.objective import known_regulariser
+from fedsim.trial_inputs import FederatedData, ModelFactory, derive_seed
 
 
 @dataclass(frozen=True)

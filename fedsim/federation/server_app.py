@@ -36,7 +36,11 @@ from fedsim.federation.progress import ClientsFailed, Progress, RoundDone
 from fedsim.federation.protocol import Addressee, TrainInstruction, TrainReply
 from fedsim.federation.scoring import OnClientScorer, Scorer, ScoringMode, SharedTruthScorer
 from fedsim.federation.threads import torch_threads
-from fedsim.federation.trial_inputs import (
+from fedsim.models.checkpoint import start_model
+from fedsim.privacy.noise import NoiseSource
+from fedsim.results.store import ResultsStore
+from fedsim.scenario import Scenario, Trial
+from fedsim.trial_inputs import (
     FederatedData,
     ModelFactory,
     derive_seed,
@@ -44,10 +48,6 @@ from fedsim.federation.trial_inputs import (
     model_factory,
     resolve_device,
 )
-from fedsim.models.checkpoint import start_model
-from fedsim.privacy.noise import NoiseSource
-from fedsim.results.store import ResultsStore
-from fedsim.scenario import Scenario, Trial
 
 
 @dataclass(frozen=True)
