@@ -248,9 +248,12 @@ class Attack(ABC, Generic[P]):
     def __init__(self, params: P) -> None:
         self.params: P = params
 
-    def knowledge_needed(self, kind: UpdateKind) -> frozenset[Knowledge]:
-        """The flags this instance needs to attack an update of ``kind`` (default :attr:`needs`)."""
-        return self.needs
+    @classmethod
+    def knowledge_needed(cls, kind: UpdateKind) -> frozenset[Knowledge]:
+        """The flags the attack needs against an update of ``kind`` (default :attr:`needs`).
+
+        A class-level answer: scenario validation asks it without building the attack."""
+        return cls.needs
 
     def supports(self, model: nn.Module) -> str | None:
         """``None`` if the attack can run on ``model``, else the reason it cannot."""
@@ -324,7 +327,7 @@ class Defence(Generic[D]):
         stages: the :data:`Stage` values the defence can act at (shown by
             ``fedsim plugins``). :attr:`stage` is where *this instance* acts:
             ``stages[0]`` unless the plugin lets a parameter choose (it then
-            overrides the property).
+            overrides :meth:`stage_for`).
         formal_guarantee: whether the defence gives a differential-privacy
             guarantee, i.e. clips, adds calibrated noise *and* accounts for it
             (plain noise without clipping does not; pruning and quantisation
@@ -365,10 +368,17 @@ class Defence(Generic[D]):
     def __init__(self, params: D) -> None:
         self.params: D = params
 
+    @classmethod
+    def stage_for(cls, params: D) -> Stage:
+        """Where a defence of this class with ``params`` acts: ``stages[0]`` unless the
+        class lets a parameter choose among its :attr:`stages` (it then overrides this).
+        A class-level answer: scenario validation asks it without building the defence."""
+        return cls.stages[0]
+
     @property
     def stage(self) -> Stage:
-        """Where this instance acts."""
-        return self.stages[0]
+        """Where this instance acts (:meth:`stage_for` of its parameters)."""
+        return self.stage_for(self.params)
 
     def supports(self, model: nn.Module) -> str | None:
         """``None`` if the defence can act on ``model``, else the reason it cannot."""

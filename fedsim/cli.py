@@ -181,18 +181,11 @@ def _default(info: FieldInfo) -> str:
 def _knowledge_summary(cls: type[Attack[Any]]) -> str:
     """An attack's needed and usable threat-model flags, for ``fedsim plugins`` (with its
     default parameters; an attack with required parameters shows its class's ``needs``)."""
-    from pydantic import ValidationError
 
     from fedsim.threat import ordered
 
-    try:
-        attack = cls(cls.Params())
-    except ValidationError:
-        needs = ", ".join(ordered(cls.needs)) or "-"
-        uses = ", ".join(ordered(cls.uses - cls.needs)) or "-"
-        return f"needs: {needs} (may depend on its required parameters)\nuses if known: {uses}"
-    on_gradient = attack.knowledge_needed("gradient")
-    on_delta = attack.knowledge_needed("delta") - on_gradient
+    on_gradient = cls.knowledge_needed("gradient")
+    on_delta = cls.knowledge_needed("delta") - on_gradient
     needs = ", ".join(ordered(on_gradient)) or "-"
     if on_delta:
         needs += f" (+ {', '.join(ordered(on_delta))} on FedAvg deltas)"

@@ -352,3 +352,25 @@ def test_override_of_missing_entry_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match=r"defences\[3\]: --set: no such entry") as info:
         load(path, ["defences[3].sigma=1"])
     assert str(info.value).startswith(str(path))
+
+
+def test_validation_builds_no_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a scenario asks the plugin classes (knowledge needed, stage chosen by a
+    parameter) and never builds a plugin: an attack or defence whose constructor has side
+    effects (a download, an accountant) must not run them at validation."""
+    from fedsim.api import Attack, Defence
+
+    def refuse(self: object, params: object) -> None:
+        raise AssertionError(f"validation built {type(self).__name__}")
+
+    monkeypatch.setattr(Attack, "__init__", refuse)
+    monkeypatch.setattr(Defence, "__init__", refuse)
+    text = VALID.replace("sigma = 0.1", 'sigma = 0.1\nplacement = "server"')
+    path = write(tmp_path, text + '[[defences]]\nname = "dp_sgd"\nnoise_multiplier = 1.0\n')
+    clash = ["defences[1].name='dp_gaussian'", "defences[1].placement='server'"]
+    with pytest.raises(ScenarioError, match="only one defence may act at stage 'aggregate'"):
+        load(path, clash)
+    (trial,) = load(path, ["federation.protocol='fedavg'"])[1]
+    assert [d.name for d in trial.scenario.defences] == ["gaussian_noise", "dp_sgd"]
+    with pytest.raises(ScenarioError, match="local_hyperparameters"):
+        load(path, ["federation.protocol='fedavg'", "attacks[0].knows_local_hyperparameters=false"])

@@ -73,8 +73,9 @@ class MatchingAttack(Attack[MP]):
     uses: ClassVar[frozenset[Knowledge]] = frozenset({"labels", "local_hyperparameters"})
     recovers_labels: ClassVar[bool] = True
 
-    def knowledge_needed(self, kind: UpdateKind) -> frozenset[Knowledge]:
-        return self.needs | ({"local_hyperparameters"} if kind == "delta" else set())
+    @classmethod
+    def knowledge_needed(cls, kind: UpdateKind) -> frozenset[Knowledge]:
+        return cls.needs | ({"local_hyperparameters"} if kind == "delta" else set())
 
     @abstractmethod
     def match_config(self, observation: Observation) -> MatchConfig:

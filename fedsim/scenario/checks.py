@@ -3,9 +3,9 @@ threat model, and which defences may act together. They run on every sweep point
 when the scenario is loaded; the checks that need the data and the model run after
 (:mod:`fedsim.preflight`).
 
-A plugin's parameters are validated by its ``Params`` alone; a plugin is built only
-where the plugin API answers per instance (an attack overriding ``knowledge_needed``,
-a defence declaring several ``stages``).
+A plugin's parameters are validated by its ``Params``; what an attack needs and where a
+defence acts are class-level answers (:meth:`Attack.knowledge_needed`,
+:meth:`Defence.stage_for`), so no plugin is built here.
 """
 
 from __future__ import annotations
@@ -13,36 +13,23 @@ from __future__ import annotations
 from typing import Any
 
 from fedsim import registry
-from fedsim.api import Attack, Stage, UpdateKind
+from fedsim.api import Stage, UpdateKind
 from fedsim.scenario.errors import ScenarioError
 from fedsim.scenario.model import Scenario
-from fedsim.threat import Knowledge, knowledge_key, ordered
-
-
-def _knowledge_needed(name: str, params: dict[str, Any], kind: UpdateKind) -> frozenset[Knowledge]:
-    """The threat-model flags attack ``name`` with ``params`` needs against ``kind``: its
-    class's ``needs``, unless the class overrides :meth:`Attack.knowledge_needed`, whose
-    answer may depend on the parameters: then an instance is asked."""
-    cls = registry.discover().attacks[name]
-    if cls.knowledge_needed is Attack.knowledge_needed:
-        return cls.needs
-    return cls(cls.Params.model_validate(params)).knowledge_needed(kind)
+from fedsim.threat import knowledge_key, ordered
 
 
 def _stage(name: str, params: dict[str, Any]) -> Stage:
-    """Where defence ``name`` with ``params`` acts: the one stage its class declares, or,
-    for a class declaring several, the choice its instance makes from the parameters."""
+    """Where defence ``name`` with ``params`` (validated by its ``Params``) acts."""
     cls = registry.discover().defences[name]
-    if len(cls.stages) == 1:
-        return cls.stages[0]
-    return cls(cls.Params.model_validate(params)).stage
+    return cls.stage_for(cls.Params.model_validate(params))
 
 
 def check_knowledge(scenario: Scenario, source: str) -> None:
     """Reject an attack whose threat model lacks knowledge the attack needs."""
     kind: UpdateKind = "gradient" if scenario.federation.protocol == "fedsgd" else "delta"
     for i, config in enumerate(scenario.attacks):
-        needed = set(_knowledge_needed(config.name, config.params, kind))
+        needed = set(registry.discover().attacks[config.name].knowledge_needed(kind))
         if config.participant_client is not None:
             needed |= {"batch_size"}  # the clients' example counts weigh FedAvg's mean
         missing = ordered(needed - config.knowledge)

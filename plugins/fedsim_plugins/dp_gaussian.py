@@ -77,9 +77,9 @@ class DPGaussian(Defence[DPGaussianParams]):
         super().__init__(params)
         self.accountant = GaussianAccountant(params.delta)
 
-    @property
-    def stage(self) -> Stage:
-        return "upload" if self.params.placement == "client" else "aggregate"
+    @classmethod
+    def stage_for(cls, params: DPGaussianParams) -> Stage:
+        return "upload" if params.placement == "client" else "aggregate"
 
     def apply(self, update: Update, generator: torch.Generator) -> tuple[Update, dict[str, float]]:
         clipped, norm = clip_update(update, self.params.clip_norm)

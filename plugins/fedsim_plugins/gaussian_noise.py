@@ -43,9 +43,9 @@ class GaussianNoise(Defence[GaussianNoiseParams]):
     stages = ("upload", "aggregate")
     Params = GaussianNoiseParams
 
-    @property
-    def stage(self) -> Stage:
-        return "upload" if self.params.placement == "client" else "aggregate"
+    @classmethod
+    def stage_for(cls, params: GaussianNoiseParams) -> Stage:
+        return "upload" if params.placement == "client" else "aggregate"
 
     def apply(self, update: Update, generator: torch.Generator) -> tuple[Update, dict[str, float]]:
         std = self.params.sigma * global_norm(update) if self.params.relative else self.params.sigma
