@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, get_args
 
-Knowledge = Literal[
-    "labels", "batch_size", "local_hyperparameters", "model", "bn_statistics", "surrogate_data"
-]
+Knowledge = Literal["labels", "batch_size", "local_hyperparameters", "model"]
 """One piece of knowledge an attacker may be granted (scenario key ``knows_<flag>``)."""
 
 KNOWLEDGE: tuple[Knowledge, ...] = get_args(Knowledge)
@@ -24,8 +22,6 @@ KNOWLEDGE_DESCRIPTIONS: dict[Knowledge, str] = {
     "batch_size": "how many samples are behind the update",
     "local_hyperparameters": "the client's lr, local steps, local batch size and sample count",
     "model": "the architecture and the parameters the client started from",
-    "bn_statistics": "the batch-norm statistics of the attacked batch",
-    "surrogate_data": "data from the same distribution, for priors or calibration",
 }
 
 Position = Literal["server", "participant"]
@@ -38,9 +34,8 @@ DEFAULT_KNOWLEDGE: dict[Position, frozenset[Knowledge]] = {
     # client's example count with its upload.
     "server": frozenset({"model", "batch_size", "local_hyperparameters"}),
     # A participant receives the same model and training configuration as every
-    # client (so the batch size and local hyperparameters all clients share), and
-    # its own shard is data from the federation's distribution.
-    "participant": frozenset({"model", "batch_size", "local_hyperparameters", "surrogate_data"}),
+    # client (so the batch size and local hyperparameters all clients share).
+    "participant": frozenset({"model", "batch_size", "local_hyperparameters"}),
 }
 """What each position knows unless the scenario says otherwise (shown by ``fedsim plugins``)."""
 
@@ -79,10 +74,11 @@ SOK_CLASSES: dict[str, tuple[str, frozenset[str]]] = {
 SOK_COLUMNS: dict[str, Knowledge] = {
     "basic": "labels",
     "training": "local_hyperparameters",
-    "surrogate": "surrogate_data",
-    "distribution": "bn_statistics",
 }
-"""Which fedsim flag stands for each knowledge column of the SoK's table."""
+"""Which fedsim flag stands for each knowledge column of the SoK's table. Its *surrogate
+data* and *client data distribution* columns have no flag: no observation delivers them
+(an attack would need the data or the batch-norm statistics handed to it), so classes D
+and E are never assigned."""
 
 
 def sok_class(knowledge: Iterable[Knowledge]) -> str | None:
@@ -104,10 +100,11 @@ def sok_class(knowledge: Iterable[Knowledge]) -> str | None:
     class A in the SoK); *basic knowledge* is the batch's labels (the SoK puts
     Inverting Gradients, which assumes known labels, in B, and DLG/iDLG, which
     recover them, in A); *training details* are the local hyperparameters
-    (Dimitrov et al.'s FedAvg attack, class C); *surrogate data* is ours of the
-    same name (class D); the *client data distribution* is the batch-norm
-    statistics (Yin et al.'s GradInversion, class E). The batch size is not a
-    column (DLG assumes it, yet is A): it is recorded but leaves the class as it is.
+    (Dimitrov et al.'s FedAvg attack, class C). *Surrogate data* (class D) and the
+    *client data distribution* (the batch-norm statistics of Yin et al.'s
+    GradInversion, class E) are not delivered to any fedsim attacker, so they have no
+    flag and D and E are not assigned. The batch size is not a column (DLG assumes
+    it, yet is A): it is recorded but leaves the class as it is.
 
     Returns:
         the letter of the smallest class whose columns include every column
@@ -121,12 +118,7 @@ def sok_class(knowledge: Iterable[Knowledge]) -> str | None:
     for letter, (_name, needed) in SOK_CLASSES.items():
         if columns <= needed:
             return letter
-    return None  # pragma: no cover - E holds every passive column
-
-
-def sok_class_name(letter: str | None) -> str:
-    """``"C (Parameter-Aware Eavesdropper)"`` for ``"C"``; ``"-"`` for ``None``."""
-    return "-" if letter is None else f"{letter} ({SOK_CLASSES[letter][0]})"
+    return None  # pragma: no cover - C holds every column a fedsim flag stands for
 
 
 def threat_model_record(

@@ -88,10 +88,7 @@ def test_flags_override_the_position_defaults() -> None:
         ({"model", "batch_size"}, "A"),  # DLG/iDLG: updates and the broadcast model
         ({"model", "batch_size", "labels"}, "B"),  # + basic knowledge (Inverting Gradients)
         ({"model", "labels", "local_hyperparameters"}, "C"),  # + training details
-        ({"model", "labels", "local_hyperparameters", "surrogate_data"}, "D"),
-        ({"model", "labels", "local_hyperparameters", "surrogate_data", "bn_statistics"}, "E"),
         ({"model", "local_hyperparameters"}, "C"),  # no exact row: the smallest class covering it
-        ({"model", "bn_statistics"}, "E"),
         ({"labels", "local_hyperparameters"}, None),  # no model: no class describes it
     ],
 )

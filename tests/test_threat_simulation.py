@@ -123,7 +123,7 @@ def test_records_carry_the_threat_model_of_their_flags(run: tuple[Path, dict[str
     assert server["diagnostics"]["label_source"] == "given by the threat model (knows_labels)"
     assert participant["threat_model"] == {
         "position": "participant",
-        "knows": ["batch_size", "local_hyperparameters", "model", "surrogate_data"],
+        "knows": ["batch_size", "local_hyperparameters", "model"],
         "uses": ["batch_size", "local_hyperparameters", "model"],
         "sok_class": "C",
     }

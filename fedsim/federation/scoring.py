@@ -28,7 +28,6 @@ from fedsim.federation.protocol import Addressee, ScoreQuery, ScoreReply, Truth
 from fedsim.metrics import PairScores, pair_scores
 
 ScoringMode = Literal["shared-truth", "on-client"]
-SCORING_MODES: tuple[ScoringMode, ...] = ("shared-truth", "on-client")
 
 
 class ScoringError(ValueError):

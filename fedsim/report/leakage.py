@@ -91,9 +91,9 @@ GLOSSARY = (
     (
         "knew (SoK class)",
         "the attacker's threat model: the class of the gradient-inversion SoK's taxonomy "
-        "(A: the updates only; B: also the labels; C: also the training details; D: also "
-        "surrogate data; E: also the clients' data statistics) and what this attack used of "
-        "what it was granted.",
+        "(A: the updates only; B: also the labels; C: also the training details; D and E, "
+        "which add surrogate data and the clients' data statistics, are not simulated) and "
+        "what this attack used of what it was granted.",
     ),
     (
         "test accuracy",

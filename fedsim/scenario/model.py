@@ -184,8 +184,6 @@ class AttackConfig(Section):
     knows_batch_size: bool | None = None
     knows_local_hyperparameters: bool | None = None
     knows_model: bool | None = None
-    knows_bn_statistics: bool | None = None
-    knows_surrogate_data: bool | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
     @property
