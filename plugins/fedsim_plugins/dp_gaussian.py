@@ -19,7 +19,7 @@ raw uploads.
 
 Why not Flower's wrapper and mods themselves: fedsim's strategy
 (``AttackedFedAvg``) overrides ``aggregate_train`` to hand each upload to the
-attack tap, and Flower's accounted wrappers refuse any strategy whose
+round attacker, and Flower's accounted wrappers refuse any strategy whose
 ``aggregate_train`` is not FedAvg's; they clip ``reply − global weights``,
 whereas fedsim's uploads are already gradients or deltas; and their noise
 comes from NumPy's global random state. So this plugin follows Flower's flat
