@@ -50,12 +50,12 @@ critics with their paper's optimiser: ``clip`` RMSProp (lr 5e-5), ``penalty``
 Adam (lr 1e-4, betas (0, 0.9)); ``critic_lr`` overrides the lr.
 
 Default: ``penalty`` with the linear critic and ``λ = 0.3``, measured best on the
-``wdlg_vs_dlg`` scenario (``benchmarks/wdlg_constraints.py``, docs/experiments/wdlg-
-critic-constraint.md; six digits, two runs): 6/6 digits recovered at ≥ 30 dB in both,
-against 0–1/6 for the projection (which reaches 30 dB first but then collapses: L-BFGS
-on the non-smooth ``‖·‖₂``), 2–3/6 for clipping, 0–1/6 for WGAN-GP's ``λ = 10`` and 0/6
-for the MLP critics. Smaller ``λ`` weighs the squared-L2 part of ``Δ + Δ²/4λ`` more; the
-squared L2 alone did as well (6/6).
+``wdlg_vs_dlg`` scenario (``benchmarks/wdlg_constraints.py``,
+docs/experiments/wdlg-critic-constraint.md; six digits, two runs): 6/6 digits recovered
+at ≥ 30 dB in both, against 0–1/6 for the projection (which reaches 30 dB first but then
+collapses: L-BFGS on the non-smooth ``‖·‖₂``), 2–3/6 for clipping, 0–1/6 for WGAN-GP's
+``λ = 10`` and 0/6 for the MLP critics. Smaller ``λ`` weighs the squared-L2 part of ``Δ
++ Δ²/4λ`` more; the squared L2 alone did as well (6/6).
 
 ``exact_1d``: the gradient entries of each parameter are treated as 1-D
 empirical distributions and W1 is computed in closed form (sort both, mean
