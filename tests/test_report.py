@@ -22,7 +22,7 @@ from fedsim.cli import main
 from fedsim.metrics import score_batch
 from fedsim.report.leakage import format_psnr
 from fedsim.results.images import save_png
-from fedsim.results.schema import ImageResult, RunResults
+from fedsim.results.schema import FailedClient, ImageResult, RunResults
 from fedsim.results.store import Record, ResultsStore, read_results
 from fedsim.run import run_scenario
 from fedsim.scenario import Trial
@@ -80,8 +80,8 @@ def fake_federation(
         store.add_client_failures(
             trial.index,
             [
-                {"round": 2, "client": 1, "kind": "error", "error": CLIENT_ERROR},
-                {"round": 2, "client": 0, "kind": "timeout", "error": CLIENT_TIMEOUT},
+                FailedClient(round=2, client=1, kind="error", error=CLIENT_ERROR),
+                FailedClient(round=2, client=0, kind="timeout", error=CLIENT_TIMEOUT),
             ],
         )
     originals, labels = federated_data(trial.scenario).shards[0].batch(torch.arange(BATCH))

@@ -30,7 +30,7 @@ from fedsim.federation.observer import run_attack
 from fedsim.metrics import score_batch
 from fedsim.registry import instantiate_attack
 from fedsim.results.images import save_png
-from fedsim.results.schema import ImageResult
+from fedsim.results.schema import FailedClient, ImageResult
 from fedsim.results.store import Record, ResultsStore, read_results
 from fedsim.run import run_scenario
 from fedsim.scenario import Trial
@@ -128,7 +128,7 @@ def fake_federation(
     saved as PNGs as the round attacker does), the hostile attack raises."""
     store.set_accuracy(trial.index, 1, 0.5)
     store.add_client_failures(
-        trial.index, [{"round": 1, "client": 1, "kind": "error", "error": CLIENT_ERROR}]
+        trial.index, [FailedClient(round=1, client=1, kind="error", error=CLIENT_ERROR)]
     )
     generator = torch.Generator().manual_seed(0)
     originals = torch.rand((BATCH, 1, 8, 8), generator=generator)

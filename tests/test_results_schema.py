@@ -13,6 +13,7 @@ import pytest
 from fedsim.cli import main
 from fedsim.results.schema import (
     SCHEMA_VERSION,
+    FailedClient,
     ImageResult,
     ResultsFileError,
     ThreatRecord,
@@ -29,7 +30,7 @@ def a_run(run_dir: Path) -> ResultsStore:
     store.set_accuracy(0, 0, 0.1)
     store.set_accuracy(0, 1, 0.5)
     store.add_round_defences(0, 1, {0: {"defence0.epsilon": math.inf}}, {"defence1.delta": 1e-5})
-    store.add_client_failures(0, [{"round": 1, "client": 2, "kind": "timeout", "error": "late"}])
+    store.add_client_failures(0, [FailedClient(round=1, client=2, kind="timeout", error="late")])
     store.add_client_sent(0, {"update", "num-examples"})
     store.set_trial_info(0, "rel_perceptual_l1", {"status": "unavailable", "reason": "no VGG"})
     store.set_trial_info(0, "model_start", {"initialisation": "seeded"})

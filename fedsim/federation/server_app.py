@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +37,7 @@ from fedsim.federation.scoring import OnClientScorer, Scorer, ScoringMode, Share
 from fedsim.federation.threads import torch_threads
 from fedsim.models.checkpoint import start_model
 from fedsim.privacy.noise import NoiseSource
+from fedsim.results.schema import FailedClient
 from fedsim.results.store import ResultsStore
 from fedsim.scenario import Scenario, Trial
 from fedsim.trial_inputs import (
@@ -50,16 +50,6 @@ from fedsim.trial_inputs import (
 )
 
 
-@dataclass(frozen=True)
-class ClientFailure:
-    """A sampled client whose round produced no upload; the round went on without it."""
-
-    round: int
-    client: int
-    kind: Literal["error", "timeout"]
-    error: str
-
-
 class AttackedFedAvg(FedAvg):
     """FedSGD/FedAvg whose every round is observed by the configured attackers."""
 
@@ -68,7 +58,7 @@ class AttackedFedAvg(FedAvg):
         scenario: Scenario,
         attacker: RoundAttacker,
         nodes: NodePlacement,
-        failures: Callable[[list[ClientFailure]], None],
+        failures: Callable[[list[FailedClient]], None],
         sent: Callable[[set[str]], None],
         noise: NoiseSource,
         share_truth: bool,
@@ -148,14 +138,14 @@ class AttackedFedAvg(FedAvg):
             summary["train-loss"] = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
         return ArrayRecord.from_torch_state_dict(new_state), MetricRecord(summary)
 
-    def _failures(self, server_round: int, replies: list[Message]) -> list[ClientFailure]:
+    def _failures(self, server_round: int, replies: list[Message]) -> list[FailedClient]:
         """Error replies, and sampled clients with no reply within ``round_timeout``."""
         failures = [
-            ClientFailure(
-                server_round,
-                self._sent[m.metadata.src_node_id],
-                "error",
-                error_summary(m.error.reason or ""),
+            FailedClient(
+                round=server_round,
+                client=self._sent[m.metadata.src_node_id],
+                kind="error",
+                error=error_summary(m.error.reason or ""),
             )
             for m in replies
             if m.has_error()
@@ -163,7 +153,9 @@ class AttackedFedAvg(FedAvg):
         answered = {m.metadata.src_node_id for m in replies}
         timeout = self.scenario.federation.round_timeout
         failures += [
-            ClientFailure(server_round, p, "timeout", f"no reply within {timeout:g} s")
+            FailedClient(
+                round=server_round, client=p, kind="timeout", error=f"no reply within {timeout:g} s"
+            )
             for node, p in self._sent.items()
             if node not in answered
         ]
@@ -212,8 +204,8 @@ def run_federation(
     device = resolve_device(scenario.device)
     attacker = RoundAttacker(trial, data, factory, store, run_dir, device, scorer, progress)
 
-    def on_failures(failures: list[ClientFailure]) -> None:
-        store.add_client_failures(trial.index, [asdict(f) for f in failures])
+    def on_failures(failures: list[FailedClient]) -> None:
+        store.add_client_failures(trial.index, failures)
         progress(ClientsFailed(failures[0].round, len(failures)))
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:

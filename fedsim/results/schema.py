@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -130,9 +130,8 @@ class FailedClient(_Stored):
     """A sampled client whose round produced no upload (the round went on without it)."""
 
     round: int
-    client: int | None = None
-    kind: str = "error"
-    """``error`` or ``timeout``."""
+    client: int
+    kind: Literal["error", "timeout"] = "error"
     error: str = ""
 
 

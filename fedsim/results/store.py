@@ -227,14 +227,11 @@ class ResultsStore:
                 )
                 self._save()
 
-    def add_client_failures(self, index: int, failures: Sequence[Mapping[str, Any]]) -> None:
-        """Record clients whose round failed (the round went on with the others):
-        each ``{"round", "client", "kind": "error" | "timeout", "error"}``
-        (:class:`~fedsim.results.schema.FailedClient`)."""
-        failed = [FailedClient.model_validate(f) for f in failures]
+    def add_client_failures(self, index: int, failures: Sequence[FailedClient]) -> None:
+        """Record clients whose round failed (the round went on with the others)."""
         with self._lock:
             if self.open:
-                self._trial(index).client_failures.extend(failed)
+                self._trial(index).client_failures.extend(failures)
                 self._save()
 
     def add_client_sent(self, index: int, names: set[str]) -> None:
