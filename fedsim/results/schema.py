@@ -25,6 +25,7 @@ from pydantic import (
     model_serializer,
 )
 
+from fedsim.audit.cm import LayerAudit
 from fedsim.metrics import PSNR_PEAK
 from fedsim.privacy.noise import NoiseSource
 
@@ -188,31 +189,6 @@ class Plot(_Stored):
     title: str
 
 
-class AuditLayer(_Stored):
-    """One conv layer's line of the c(M) audit (:class:`fedsim.audit.cm.LayerAudit`)."""
-
-    index: int
-    name: str
-    conv: str
-    activation: str
-    n: int
-    z: int
-    w: int
-    rank: int
-    count: int
-    deficit: int
-    weight: float
-    contribution: float
-    method: str
-    kept: float | None
-    dropped: float | None
-    warning: str
-    detail: str
-    seconds: float
-    peak_bytes: int
-    dense_bytes: int
-
-
 class Audit(_Stored):
     """The c(M) audit of one model (:class:`fedsim.audit.runner.ScenarioAudit`)."""
 
@@ -221,7 +197,7 @@ class Audit(_Stored):
     input_shape: list[int]
     sample: str
     c_m: float
-    layers: list[AuditLayer]
+    layers: list[LayerAudit]
     tolerance: str
     advice: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
