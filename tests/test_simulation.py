@@ -43,12 +43,14 @@ position = "server"
 rounds = [1]
 iterations = 40
 restarts = 2
+conv_backend = "default"  # not timed: the scores must not depend on the machine's load
 
 [[attacks]]
 name = "dlg"
 position = "participant"
 rounds = [2]
 iterations = 5
+conv_backend = "default"
 
 [[defences]]
 name = "gaussian_noise"
