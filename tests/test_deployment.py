@@ -230,28 +230,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def deployed(folder: Path) -> dict[str, tuple[Path, Any]]:
-    """Run directory and results of each run on one federation: ``deployed`` (the
-    scenario) and ``noisy1``, ``noisy2`` (the noisy scenario twice), submitted at once."""
-    submitted = {
-        "deployed": folder / "deployed.toml",
-        "noisy1": folder / "noisy.toml",
-        "noisy2": folder / "noisy.toml",
-    }
-    federation = Federation(folder)
-    try:
-        federation.up()
-        for name, scenario in submitted.items():
-            started = federation.flwr_run(scenario, folder / name)
-            assert started.returncode == 0, started.stdout + started.stderr
-        return {
-            name: (folder / name, wait_for_results(folder / name, federation)) for name in submitted
-        }
-    finally:
-        federation.down()
-
-
 def simulate(scenario: Path, run_dir: Path) -> dict[str, Any]:
     """``fedsim run`` of ``scenario`` in simulation, in this process (2 torch threads)."""
     threads = torch.get_num_threads()
@@ -265,10 +243,36 @@ def simulate(scenario: Path, run_dir: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def runs(folder: Path, deployed: dict[str, tuple[Path, Any]]) -> dict[str, tuple[Path, Any]]:
-    """The scenario run on the deployment engine and in simulation."""
-    simulated = simulate(folder / "deployed.toml", folder / "simulated")
-    return {"deployed": deployed["deployed"], "simulated": (folder / "simulated", simulated)}
+def runs(folder: Path) -> dict[str, tuple[Path, Any]]:
+    """Run directory and results of every run, by name. On one federation, submitted at
+    once: ``deployed`` (the scenario) and ``noisy1``, ``noisy2`` (the noisy scenario
+    twice). In simulation, in this process while the federation's processes work on
+    those (the runs share nothing but the machine): ``simulated`` (the scenario) and
+    ``noisy-simulated1``, ``noisy-simulated2`` (the noisy scenario twice)."""
+    submitted = {
+        "deployed": folder / "deployed.toml",
+        "noisy1": folder / "noisy.toml",
+        "noisy2": folder / "noisy.toml",
+    }
+    simulated = {
+        "simulated": folder / "deployed.toml",
+        "noisy-simulated1": folder / "noisy.toml",
+        "noisy-simulated2": folder / "noisy.toml",
+    }
+    federation = Federation(folder)
+    try:
+        federation.up()
+        for name, scenario in submitted.items():
+            started = federation.flwr_run(scenario, folder / name)
+            assert started.returncode == 0, started.stdout + started.stderr
+        done: dict[str, tuple[Path, Any]] = {}
+        for name, scenario in simulated.items():  # while the federation works
+            done[name] = (folder / name, simulate(scenario, folder / name))
+        for name in submitted:
+            done[name] = (folder / name, wait_for_results(folder / name, federation))
+        return done
+    finally:
+        federation.down()
 
 
 def test_deployed_run_completes_scored_on_the_clients(runs: dict[str, tuple[Path, Any]]) -> None:
@@ -321,12 +325,12 @@ def client_noise(results: dict[str, Any]) -> float:
 
 
 def test_deployed_clients_add_noise_the_server_cannot_replay(
-    folder: Path, deployed: dict[str, tuple[Path, Any]]
+    runs: dict[str, tuple[Path, Any]],
 ) -> None:
-    (_, first), (_, second) = deployed["noisy1"], deployed["noisy2"]
+    (_, first), (_, second) = runs["noisy1"], runs["noisy2"]
     assert first["status"] == second["status"] == "complete"
     assert first["client_noise"] == second["client_noise"] == "os-entropy"
-    simulated = [simulate(folder / "noisy.toml", folder / f"noisy-simulated{i}") for i in (1, 2)]
+    simulated = [runs[f"noisy-simulated{i}"][1] for i in (1, 2)]
     assert simulated[0]["client_noise"] == "seeded"
 
     # One scenario, one seed: simulated runs draw the same noise (anyone who knows the
