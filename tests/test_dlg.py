@@ -20,14 +20,7 @@ SHAPE = (3, 32, 32)
 MODEL_SEED = 2
 IMAGE = 2  # the full rocket photograph (label 1) of load_photos(32, 2, 0)
 # 100 L-BFGS steps reach a gradient distance of ~1e-5 (PSNR > 40 dB) without noise.
-# One convolution backend, not the faster one timed under the machine's load ("auto"):
-# the scores compared with the thresholds must not depend on the load.
-DLG_PARAMS = {
-    "iterations": 100,
-    "restarts": 2,
-    "loss_threshold": 1e-7,
-    "conv_backend": "default",
-}
+DLG_PARAMS = {"iterations": 100, "restarts": 2, "loss_threshold": 1e-7}
 
 
 pytestmark = pytest.mark.usefixtures("two_threads")
