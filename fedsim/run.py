@@ -36,7 +36,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from fedsim.audit.render import print_audit
 from fedsim.audit.runner import ScenarioAudit, audit_scenario, audits_json
-from fedsim.federation.progress import Event, RoundDone
+from fedsim.federation.progress import AttackScored, Event, RoundDone
 from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
 from fedsim.preflight import preflight
 from fedsim.registry import discover
@@ -498,7 +498,10 @@ def _run_points(run: PreparedRun, console: Console, scoring: ScoringMode) -> str
 
         def one(trial: Trial) -> None:
             label = f"point {trial.index + 1}/{len(run.trials)}"
-            progress.update(task, description=label, note="starting Flower simulation")
+            heading = f"{label} {short_point(trial.point)}" if trial.point else label
+            progress.update(
+                task, description=label, heading=heading, note="starting Flower simulation"
+            )
             run_trial(trial, run.store, run.run_dir, note, scoring)
 
         def failed(trial: Trial, error: str) -> None:
@@ -511,11 +514,17 @@ def _run_points(run: PreparedRun, console: Console, scoring: ScoringMode) -> str
 def round_bar(progress: Progress, task: TaskID) -> Callable[[Event], None]:
     """Where the federation's events go on ``progress``: ``task``'s bar advances by one
     round on each :class:`~fedsim.federation.progress.RoundDone` (and on nothing else),
-    and every event's text becomes the task's note."""
+    and every event's text becomes the task's note. Each
+    :class:`~fedsim.federation.progress.AttackScored` is also printed as a line of its
+    own above the bar, as it comes, after the task's ``heading`` field (the point)."""
 
     def show(event: Event) -> None:
         if isinstance(event, RoundDone):
             progress.advance(task)
+        if isinstance(event, AttackScored):
+            (shown,) = (t for t in progress.tasks if t.id == task)
+            heading = shown.fields.get("heading", shown.description)
+            progress.console.print(f"{heading}: {event.text}", markup=False, highlight=False)
         progress.update(task, note=event.text)
 
     return show

@@ -7,7 +7,13 @@ import io
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
-from fedsim.federation.progress import AttackStarted, ClientsFailed, Note, RoundDone
+from fedsim.federation.progress import (
+    AttackScored,
+    AttackStarted,
+    ClientsFailed,
+    Note,
+    RoundDone,
+)
 from fedsim.run import round_bar
 
 
@@ -30,3 +36,23 @@ def test_only_a_finished_round_advances_the_bar_whatever_an_attack_is_called() -
     assert state() == (1, "round 1/2 done, test accuracy 0.250")
     show(AttackStarted(2, "dlg", "aggregate"))
     assert state() == (1, "round 2: dlg on aggregate")
+
+
+def test_each_scored_attack_is_printed_as_a_line_above_the_bar_as_it_comes() -> None:
+    screen = io.StringIO()
+    progress = Progress(TextColumn("{task.fields[note]}"), console=Console(file=screen, width=200))
+    task = progress.add_task("point 2/4", total=3, note="starting", heading="point 2/4 sigma=0.001")
+    show = round_bar(progress, task)
+
+    show(AttackStarted(1, "dlg", "client 1"))
+    assert "dlg" not in screen.getvalue()  # a start is a note only
+    show(AttackScored(1, "dlg", "client 1", "ok", psnr=48.23, label_accuracy=1.0))
+    assert screen.getvalue().splitlines() == [
+        "point 2/4 sigma=0.001: dlg on client 1, round 1: 48.2 dB, labels 100%"
+    ]
+    show(AttackScored(1, "idlg", "aggregate", "failed", reason="diverged"))
+    assert screen.getvalue().splitlines()[-1] == (
+        "point 2/4 sigma=0.001: idlg on aggregate, round 1: failed (diverged)"
+    )
+    (shown,) = progress.tasks
+    assert shown.completed == 0  # a scored attack does not advance the bar

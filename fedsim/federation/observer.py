@@ -24,7 +24,7 @@ import torch
 
 from fedsim.api import Attack, Observation, Reconstruction, Update
 from fedsim.federation.participant import others_update
-from fedsim.federation.progress import AttackStarted, Progress
+from fedsim.federation.progress import AttackScored, AttackStarted, Progress
 from fedsim.federation.protocol import DefenceReport, TrainReply, Truth, flat_measurements
 from fedsim.federation.scoring import Scorer, ScoringError
 from fedsim.metrics import SUCCESS_PSNR, match_scores
@@ -185,16 +185,26 @@ class RoundAttacker:
                 self.progress(AttackStarted(server_round, config.name, who))
                 began = time.perf_counter()
                 result = run_attack(attack, observation)
-                self.store.add(
-                    self._record(
-                        index,
-                        config,
-                        attack,
-                        observation,
-                        result,
-                        holders,
-                        measured,
-                        time.perf_counter() - began,
+                record = self._record(
+                    index,
+                    config,
+                    attack,
+                    observation,
+                    result,
+                    holders,
+                    measured,
+                    time.perf_counter() - began,
+                )
+                self.store.add(record)
+                self.progress(
+                    AttackScored(
+                        server_round,
+                        config.name,
+                        who,
+                        record.status,
+                        record.metrics.get("psnr"),
+                        record.metrics.get("label_accuracy"),
+                        record.reason,
                     )
                 )
 

@@ -49,6 +49,30 @@ class AttackStarted(Event):
 
 
 @dataclass(frozen=True)
+class AttackScored(Event):
+    """Attack ``attack`` on ``who``'s upload in ``round`` was recorded: ``status``
+    ``ok`` with the batch's mean ``psnr`` (dB) and fraction ``label_accuracy`` of
+    labels recovered (in [0, 1]; ``None`` when the attack recovers none), or
+    another status (``failed``, ...) with its ``reason``."""
+
+    round: int
+    attack: str
+    who: str
+    status: str
+    psnr: float | None = None
+    label_accuracy: float | None = None
+    reason: str = ""
+
+    @property
+    def text(self) -> str:
+        head = f"{self.attack} on {self.who}, round {self.round}"
+        if self.status != "ok" or self.psnr is None:
+            return f"{head}: {self.status}" + (f" ({self.reason})" if self.reason else "")
+        labels = "" if self.label_accuracy is None else f", labels {self.label_accuracy:.0%}"
+        return f"{head}: {self.psnr:.1f} dB{labels}"
+
+
+@dataclass(frozen=True)
 class ClientsFailed(Event):
     """``count`` (≥ 1) sampled clients of ``round`` produced no upload."""
 
