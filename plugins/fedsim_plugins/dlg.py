@@ -56,10 +56,13 @@ ITERATIONS_PER_STEP = 20
 def config(params: DLGParams) -> MatchConfig:
     """DLG's :class:`MatchConfig` for ``params``: L-BFGS (lr 1, no line search) on the
     squared L2 gradient distance. The engine runs one L-BFGS iteration per step
-    (``iterations × 20`` of them, the same budget) so that the loss threshold and
-    callbacks are checked after every iteration instead of every 20."""
+    (``iterations × 20`` of them, the same budget; ``window`` likewise) so that the
+    loss threshold, the convergence stop and callbacks are checked after every
+    iteration instead of every 20."""
     budget = params.budget()
     budget["iterations"] *= ITERATIONS_PER_STEP
+    if budget["window"] is not None:
+        budget["window"] *= ITERATIONS_PER_STEP
     return MatchConfig(
         distance="l2", optimizer="lbfgs", max_iter=1, history_size=params.history_size,
         label_init=params.label_init, conv_backend=params.conv_backend, **budget,
