@@ -75,7 +75,7 @@ def record(case: tuple[int, int, int, float], steps: int) -> Curve:
         n: g + sigma * torch.randn(g.shape, generator=noise)
         for n, g in zip(names, grads, strict=True)
     }
-    dlg = DLGParams(iterations=steps // ITERATIONS_PER_STEP, conv_backend="native")
+    dlg = DLGParams(iterations=steps // ITERATIONS_PER_STEP, conv_backend="native", tolerance=0.0)
     quality: list[float] = []
 
     def on_step(step: int, images: torch.Tensor) -> None:
@@ -135,19 +135,22 @@ def report(curves: list[Curve], steps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000, help="budget in L-BFGS iterations")
-    parser.add_argument("--curves", help="JSON file: read the recorded curves, or write them")
+    parser.add_argument(
+        "--curves", help="JSON-lines file: replay the curves recorded there, or record them into it"
+    )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    curves: list[Curve]
-    try:
+    try:  # recorded before (one JSON object per line): replay only
         with open(args.curves or "") as f:
-            curves = [Curve(**c) for c in json.load(f)]
+            curves = [Curve(**json.loads(line)) for line in f]
     except FileNotFoundError:
+        curves = []
         with ProcessPoolExecutor(args.workers) as pool:
-            curves = list(pool.map(record, CASES, [args.steps] * len(CASES)))
-        if args.curves:
-            with open(args.curves, "w") as f:
-                json.dump([c.__dict__ for c in curves], f)
+            for curve in pool.map(record, CASES, [args.steps] * len(CASES)):
+                curves.append(curve)
+                if args.curves:  # written as they come, so that a cut-short run keeps them
+                    with open(args.curves, "a") as f:
+                        f.write(json.dumps(curve.__dict__) + "\n")
     report(curves, args.steps)
 
 
