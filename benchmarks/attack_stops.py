@@ -103,7 +103,7 @@ def spread(values: list[float], fmt: str) -> str:
 
 
 def report(curves: list[Curve], steps: int) -> None:
-    console = Console()
+    console = Console(width=150)
     groups = sorted({(c.classes, c.sigma) for c in curves})
     for tolerance, window, stall_loss in CANDIDATES:
         table = Table(
