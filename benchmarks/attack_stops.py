@@ -66,7 +66,7 @@ def record(case: tuple[int, int, int, float], steps: int) -> Curve:
     """One full-budget run of ``case`` with the stop off: objective and PSNR per step."""
     torch.set_num_threads(1)
     classes, photo, seed, sigma = case
-    truth, label = load_photos(32, 4, 0).batch([photo])
+    truth, label = load_photos(32, 4, 0).batch(torch.tensor([photo]))
     model = build_model("lenet", input_shape=SHAPE, num_classes=classes, seed=seed)
     names, params = zip(*model.named_parameters(), strict=True)
     grads = torch.autograd.grad(F.cross_entropy(model(truth), label), params)
