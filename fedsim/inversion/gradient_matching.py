@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +38,11 @@ Init = Literal["normal", "uniform"]
 Optimizer = Literal["lbfgs", "adam"]
 LabelInit = Literal["random", "gradient_sign"]
 ConvBackend = Literal["default", "native", "auto"]
+StopReason = Literal["threshold", "converged", "stalled", "budget", "time", "diverged"]
+"""Why a restart stopped: the objective reached ``loss_threshold`` (or ``on_step``
+asked to stop); it plateaued low (``converged``) or high (``stalled``, see
+:func:`plateaued`); it used its ``iterations`` (``budget``) or the search its
+``max_seconds`` (``time``); or it became non-finite (``diverged``)."""
 StepCallback = Callable[[int, torch.Tensor], "bool | None"]
 """``on_step(step, images)`` of :func:`match_gradients`: called after every optimiser
 step with the 0-based step index and the current dummy images (detached, not
@@ -138,6 +143,15 @@ class MatchConfig:
         restarts: independent trials; the lowest final distance wins.
         loss_threshold: stop a restart once the objective is at or below this.
         max_seconds: wall-time budget over all restarts.
+        tolerance: convergence stop: a restart ends once its best objective so far
+            improved by at most ``tolerance`` (relative) over the last ``window`` steps
+            (:func:`plateaued`). ``0`` (or ``window=None``) disables it.
+        window: steps over which the improvement is measured (optimiser steps of
+            this config, i.e. what ``iterations`` counts).
+        stall_loss: a plateau with the best objective above this value (the
+            objective's own units, e.g. squared gradient distance for ``l2``) is a
+            ``stalled`` restart: the next restart, if any, runs. At or below it the
+            restart ``converged`` and, like the threshold, ends the search.
         tv_weight: weight of the total-variation prior on the images.
         clamp: project the images into [0, 1] after every step.
         signed: step on the sign of the image gradient (Inverting Gradients; Adam only).
@@ -176,6 +190,9 @@ class MatchConfig:
     restarts: int = 1
     loss_threshold: float = 0.0
     max_seconds: float | None = None
+    tolerance: float = 0.0
+    window: int | None = None
+    stall_loss: float = math.inf
     tv_weight: float = 0.0
     clamp: bool = False
     signed: bool = False
@@ -204,6 +221,9 @@ class MatchResult:
         conv_backend: the CPU convolution backend used (``default`` or ``native``).
         seconds: wall time over all restarts.
         restart_losses: final objective of each restart (``inf`` where it diverged).
+        restart_stops: why each restart stopped (:data:`StopReason`) and after how
+            many steps, as ``{"stop_reason": ..., "stopped_at": ...}``.
+        stop_reason: why the best restart stopped (``""`` if none produced a result).
         failure: why no restart produced a finite result; empty otherwise.
     """
 
@@ -216,6 +236,8 @@ class MatchResult:
     restart_losses: list[float] = field(default_factory=list)
     failure: str = ""
     conv_backend: str = "default"
+    restart_stops: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = ""
 
     def diagnostics(self) -> dict[str, object]:
         """The JSON-serialisable numbers attacks report."""
@@ -225,8 +247,27 @@ class MatchResult:
             "evaluations": self.evaluations,
             "seconds": self.seconds,
             "restart_losses": self.restart_losses,
+            "stop_reason": self.stop_reason,
+            "stopped_at": self.iterations,
+            "restart_stops": self.restart_stops,
             "final_loss": min(self.restart_losses) if self.restart_losses else None,
         }
+
+
+def plateaued(best: Sequence[float], tolerance: float, window: int | None) -> bool:
+    """Whether a running best objective has stopped improving.
+
+    ``best`` holds, per optimiser step so far, the lowest objective value reached
+    (non-increasing). True when ``best[-1-window] - best[-1] <= tolerance ·
+    |best[-1-window]|``: over the last ``window`` steps the best value improved by at
+    most the fraction ``tolerance`` of itself. False while there are at most
+    ``window`` steps, and always when ``tolerance <= 0`` or ``window`` is ``None``
+    (the stop is off).
+    """
+    if tolerance <= 0 or window is None or len(best) <= window:
+        return False
+    before = best[-1 - window]
+    return before - best[-1] <= tolerance * abs(before)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -533,7 +574,8 @@ def _match(
         optimizer = _optimizer(closure.leaves, config)
         scheduler = _scheduler(optimizer, config)
         curve: list[float] = []
-        diverged = False
+        running_best: list[float] = []
+        reason: StopReason = "budget"
         stop = False
         for step in range(config.iterations):
             if isinstance(optimizer, torch.optim.LBFGS):  # config.optimizer == "lbfgs"
@@ -547,26 +589,36 @@ def _match(
                 with torch.no_grad():
                     x.clamp_(0, 1)
             if not math.isfinite(value) or not torch.isfinite(x).all():
-                diverged = True
+                reason = "diverged"
                 break
             curve.append(value)
+            running_best.append(min(value, running_best[-1]) if running_best else value)
             if on_step is not None and on_step(step, x.detach()):
                 stop = True
-            if stop or value <= config.loss_threshold or out_of_time():
-                break
+            if stop or value <= config.loss_threshold:
+                reason = "threshold"
+            elif plateaued(running_best, config.tolerance, config.window):
+                reason = "stalled" if running_best[-1] > config.stall_loss else "converged"
+            elif out_of_time():
+                reason = "time"
+            else:
+                continue
+            break
 
-        final = math.inf if diverged or not curve else float(closure())
+        final = math.inf if reason == "diverged" or not curve else float(closure())
         if not math.isfinite(final):
             final = math.inf
         best.restart_losses.append(final)
+        best.restart_stops.append({"stop_reason": reason, "stopped_at": len(curve)})
         if final < best_loss:
             best_loss = final
             best.images = x.detach().clamp(0, 1)
             best.labels = (y.argmax(dim=-1) if labels is None else labels).detach().long()
             best.loss_curve = curve
             best.iterations = len(curve)
+            best.stop_reason = reason
         evaluations += closure.calls
-        if stop or best_loss <= config.loss_threshold or out_of_time():
+        if stop or reason == "converged" or best_loss <= config.loss_threshold or out_of_time():
             break
 
     best.evaluations = evaluations

@@ -43,6 +43,20 @@ class MatchingParams(AttackParams):
         0.0, ge=0.0, description="stop a restart once the objective is this low"
     )
     max_seconds: float | None = Field(None, gt=0.0, description="wall-time budget (all restarts)")
+    tolerance: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="convergence stop: end a restart once its best objective improved by at "
+        "most this fraction over the last `window` steps; 0 turns the stop off",
+    )  # fmt: skip
+    window: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="steps (as `iterations` counts them) over which `tolerance` is measured",
+    )  # fmt: skip
+    stall_loss: float = Field(
+        float("inf"), gt=0.0,
+        description="a plateau above this objective value (the objective's own units) is a "
+        "stall and moves on to the next restart; at or below it the attack has converged",
+    )  # fmt: skip
     fedavg_objective: FedAvgObjective = Field(
         "delta_as_gradient",
         description="FedAvg deltas: matched as the gradient -delta/(lr*steps), or 'unrolled' "
