@@ -38,7 +38,6 @@ from fedsim.audit.render import print_audit
 from fedsim.audit.runner import ScenarioAudit, audit_scenario, audits_json
 from fedsim.federation.progress import AttackScored, Event, RoundDone
 from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
-from fedsim.preflight import preflight
 from fedsim.registry import discover
 from fedsim.results.images import save_grid
 from fedsim.results.plots import save_accuracy_curves, save_loss_curves
@@ -50,6 +49,7 @@ from fedsim.results.sweep import sweep_csv
 from fedsim.results.sweep_plots import save_sweep_plots
 from fedsim.results.table import POINT_COLUMNS, point_rows, rich_table, short_point, summarise
 from fedsim.scenario import Trial, format_path, load
+from fedsim.scenario.preflight import preflight
 from fedsim.stopping import deferred, describe
 
 MAX_GRID_ROWS = 40
@@ -292,12 +292,7 @@ def check_scenario(
         ScenarioError: invalid scenario, data, model, defences or resources.
     """
     raw, trials = load(path, overrides)
-    preflight(trials, str(path))
-    if engine == "simulation":
-        from fedsim.federation.runner import check_resources
-
-        for trial in trials:
-            check_resources(trial.scenario, str(path))
+    preflight(trials, str(path), engine)
     audited = [t for t in trials if t.scenario.audit is not None]
     audits = audit_scenario(audited, str(path)) if audited and resume is None else []
     return CheckedScenario(path, overrides, raw, trials, audits)
@@ -344,7 +339,7 @@ def open_run(
     store = ResultsStore(run_dir, first.name, engine, scoring, GROUND_TRUTH_NOTES[scoring])
     if checked.audits:
         (run_dir / "audit.json").write_text(audits_json(checked.audits), encoding="utf-8")
-        store.set_audit([a.to_json() for a in checked.audits])
+        store.set_audit(checked.audits)
     started = time.perf_counter()
     return PreparedRun(path, trials, run_dir, store, lock, started, audits=checked.audits)
 

@@ -321,7 +321,7 @@ def test_deployed_run_equals_the_simulation(runs: dict[str, tuple[Path, Any]]) -
 
 def client_noise(results: dict[str, Any]) -> float:
     """The noise std the clients measured in round 1 (mean over the clients)."""
-    return float(results["trials"][0]["defences"]["1"]["clients"]["defence0.measured_noise_std"])
+    return float(results["trials"][0]["defences"]["1"]["clients"]["0"]["measured_noise_std"])
 
 
 def test_deployed_clients_add_noise_the_server_cannot_replay(

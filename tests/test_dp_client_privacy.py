@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord
 from fedsim.cli import main
 from fedsim.federation.client_app import local_update
 from fedsim.federation.defence_stages import ServerAggregation
-from fedsim.federation.protocol import TrainReply, flat_measurements, reply_contents
+from fedsim.federation.protocol import TrainReply, by_defence, reply_contents
 from fedsim.privacy.noise import ENGINE_NOISE
 from fedsim.scenario import Scenario, expand
 from fedsim.trial_inputs import federated_data, model_factory
@@ -113,12 +113,10 @@ def test_measurements_before_the_private_release_stay_and_after_it_leave() -> No
     reply, _ = local_update(sc, 1, 1, arrays(sc), {})
     # Pruning measured the raw update: nothing of it leaves. The noise added after the
     # private release only post-processes it: all of its measurements leave.
-    sent = set(flat_measurements(reply.defences))
-    assert sent == {f"defence1.{k}" for k in PUBLIC["dp_gaussian"]} | {
-        "defence2.noise_std",
-        "defence2.measured_noise_std",
-        "defence2.update_norm",
-        "defence2.noise_to_update_norm",
+    sent = {index: set(values) for index, values in by_defence(reply.defences).items()}
+    assert sent == {
+        1: set(PUBLIC["dp_gaussian"]),
+        2: {"noise_std", "measured_noise_std", "update_norm", "noise_to_update_norm"},
     }
 
 
@@ -173,5 +171,5 @@ def test_the_server_records_what_dp_sgd_clients_sent(tmp_path: Path) -> None:
     )
     # Without the realised batch size the server attacks a batch of the expected size.
     (record,) = results["records"]
-    assert trial["defences"]["1"]["clients"]["defence0.expected_batch_size"] == 4
+    assert trial["defences"]["1"]["clients"]["0"]["expected_batch_size"] == 4
     assert record["status"] == "ok" and len(record["images"]) == 4

@@ -26,7 +26,7 @@ from fedsim.federation.client_app import (
     round_generator,
     save_defence_state,
 )
-from fedsim.federation.protocol import flat_measurements
+from fedsim.federation.protocol import by_defence
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario, expand
 from fedsim.trial_inputs import federated_data, model_factory
@@ -95,18 +95,18 @@ def test_epsilon_equals_opacus_accountant_over_rounds(protocol: str) -> None:
     for server_round in (1, 2, 3):
         reply, _ = local_update(sc, 1, server_round, arrays, kept)
         steps += reply.local_steps
-        metrics = flat_measurements(reply.defences)
-        assert metrics["defence0.sample_rate"] == pytest.approx(SAMPLE_RATE)
-        assert metrics["defence0.delta"] == DELTA
-        epsilons.append(metrics["defence0.epsilon"])
-        assert metrics["defence0.epsilon"] == pytest.approx(
+        metrics = by_defence(reply.defences)[0]
+        assert metrics["sample_rate"] == pytest.approx(SAMPLE_RATE)
+        assert metrics["delta"] == DELTA
+        epsilons.append(metrics["epsilon"])
+        assert metrics["epsilon"] == pytest.approx(
             opacus_epsilon(1.1, SAMPLE_RATE, steps), rel=1e-9
         )
     assert steps == (3 * SHARD // BATCH if protocol == "fedavg" else 3)
     assert epsilons[0] < epsilons[1] < epsilons[2]
     # Without the kept state every round would report the first round's ε (Flower's example).
-    fresh = flat_measurements(local_update(sc, 1, 3, arrays, {})[0].defences)
-    assert fresh["defence0.epsilon"] == pytest.approx(epsilons[0], rel=0.05)
+    fresh = by_defence(local_update(sc, 1, 3, arrays, {})[0].defences)[0]
+    assert fresh["epsilon"] == pytest.approx(epsilons[0], rel=0.05)
 
 
 def test_defence_state_round_trips_through_flower_context_state() -> None:
@@ -205,6 +205,6 @@ def test_fix_model_replaces_batchnorm_everywhere_and_trains() -> None:
     kinds = {type(m).__name__ for m in model.modules()}
     assert "GroupNorm" in kinds and "BatchNorm2d" not in kinds
     reply, _ = local_update(sc, 0, 1, arrays, {})
-    update, metrics = reply.update, flat_measurements(reply.defences)
+    update, metrics = reply.update, by_defence(reply.defences)[0]
     assert set(update) == {n for n, _ in model.named_parameters()}
-    assert math.isfinite(metrics["defence0.epsilon"])
+    assert math.isfinite(metrics["epsilon"])

@@ -39,7 +39,7 @@ LAYERS: list[list[str]] = [
     # 6: what a scenario builds before any federation runs, and the checks that build it
     [
         "fedsim.trial_inputs",
-        "fedsim.preflight",
+        "fedsim.scenario.preflight",
         "fedsim.training",
         "fedsim.perceptual",
         "fedsim.models.checkpoint",

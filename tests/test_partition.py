@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fedsim.data.partition import client_partitioner, partition_positions, train_test_split
-from fedsim.preflight import preflight
 from fedsim.scenario import ScenarioError, expand
+from fedsim.scenario.preflight import preflight
 from fedsim.trial_inputs import federated_data, load_images
 
 LABELS = np.repeat(np.arange(10), 40)  # 400 samples, 10 balanced classes
@@ -116,4 +116,4 @@ def test_empty_test_split_is_rejected_before_the_run() -> None:
     assert len(federated_data(trials[0].scenario).test.labels) == 0
 
     with pytest.raises(ScenarioError, match="data"):
-        preflight(trials, "s.toml")
+        preflight(trials, "s.toml", "simulation")

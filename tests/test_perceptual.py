@@ -9,6 +9,7 @@ handling and caching, never the perceptual quality of the metric.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from torchvision.models import vgg19
 
 from fedsim.federation.client_app import local_update
-from fedsim.federation.observer import ClientUpload, RoundAttacker
+from fedsim.federation.observer import RoundAttacker
 from fedsim.federation.scoring import SharedTruthScorer
 from fedsim.perceptual import (
     VGG19_RELU4_2,
@@ -223,8 +224,7 @@ def attacker_records(perceptual: dict[str, object], run_dir: Path) -> RunResults
     attacker = RoundAttacker(
         trial, data, factory, store, run_dir, torch.device("cpu"), SharedTruthScorer()
     )
-    upload = ClientUpload(0, update, 1, 1, 1, reply.train_loss, reply.defences, truth)
-    attacker.on_round(1, start, [upload], update)
+    attacker.on_round(1, start, [dataclasses.replace(reply, truth=truth)], update)
     return store.data
 
 

@@ -15,8 +15,8 @@ from fedsim.api import Observation
 from fedsim.federation.client_app import local_update
 from fedsim.inversion.matching import MatchingParams
 from fedsim.metrics import score_batch
-from fedsim.preflight import preflight
 from fedsim.scenario import Scenario, ScenarioError, expand
+from fedsim.scenario.preflight import preflight
 from fedsim.training.objective import known_regulariser
 from fedsim.training.racecar import RacecarTerm
 from fedsim.trial_inputs import federated_data, model_factory
@@ -73,8 +73,9 @@ def test_racecar_with_dp_sgd_is_refused_in_one_line() -> None:
 def test_racecar_model_and_lambdas_are_checked_before_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    trials = expand(_raw(training="racecar", racecar={"lambdas": [1, 1]}), "s.toml")
     with pytest.raises(ScenarioError, match=r"federation\.racecar\.lambdas: lambdas has 2 entries"):
-        preflight(expand(_raw(training="racecar", racecar={"lambdas": [1, 1]}), "s.toml"), "s.toml")
+        preflight(trials, "s.toml", "simulation")
     (tmp_path / "pooled_models.py").write_text(
         "from analytic_helpers import Pooled\n", encoding="utf-8"
     )
@@ -87,7 +88,7 @@ def test_racecar_model_and_lambdas_are_checked_before_the_run(
         "federation": {"num_clients": 2, "training": "racecar"},
     }  # fmt: skip
     with pytest.raises(ScenarioError) as info:
-        preflight(expand(raw, "s.toml"), "s.toml")
+        preflight(expand(raw, "s.toml"), "s.toml", "simulation")
     assert str(info.value) == (
         "s.toml: model: racecar training: unsupported layer 'pool' (MaxPool2d): pooling"
     )

@@ -64,8 +64,8 @@ class FakeFederation:
             store.set_accuracy(trial.index, server_round, 0.9 - 0.2 * z)
             store.add_round_defences(
                 trial.index, server_round,
-                {0: {"defence0.epsilon": 10 / (z + 0.1) * server_round,
-                     "defence0.measured_noise_std": z}},
+                {0: {0: {"epsilon": 10 / (z + 0.1) * server_round,
+                         "measured_noise_std": z}}},
                 {},
             )  # fmt: skip
         for position, psnr in (("server", 60 - 20 * z), ("participant", 40 - 15 * z)):

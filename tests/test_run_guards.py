@@ -135,7 +135,7 @@ def test_resume_of_a_truncated_results_json_is_one_line(
     [
         (
             {"schema_version": 99},
-            "results.json has schema_version 99, newer than this fedsim reads (1): upgrade "
+            "results.json has schema_version 99, newer than this fedsim reads (2): upgrade "
             "fedsim to read it; it cannot be resumed",
         ),
         (

@@ -165,10 +165,10 @@ def test_defence_measurements_in_server_records(run: Run) -> None:
     clean = run.record(0, "server")["defence_measurements"]
     noisy = run.record(1, "server")["defence_measurements"]
 
-    assert clean["defence0.measured_noise_std"] == 0.0
+    assert clean["0"]["measured_noise_std"] == 0.0
     # ~12,750 LeNet parameters: relative standard error of the std ≈ 0.6 %.
-    assert noisy["defence0.measured_noise_std"] == pytest.approx(0.5, rel=0.05)
-    assert noisy["defence0.noise_std"] == 0.5
+    assert noisy["0"]["measured_noise_std"] == pytest.approx(0.5, rel=0.05)
+    assert noisy["0"]["noise_std"] == 0.5
 
 
 def test_noise_lowers_server_psnr(run: Run) -> None:

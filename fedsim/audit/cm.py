@@ -15,11 +15,12 @@ less the ``C_out²`` known dependencies ``Σ_p g_c(p) W_row(c', p) = Σ w_{c'} G
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from fedsim.analytic.chain import Chain, extract_chain
@@ -55,9 +56,13 @@ class LayerAudit:
     dense_bytes: int
 
 
-@dataclass(frozen=True)
-class AuditReport:
-    """The audit of one model: c(M), its layers, and plain-language advice."""
+class AuditReport(BaseModel):
+    """The audit of one model: its description, the input shape (C, H, W), the sample
+    the gradients were computed on, c(M), its layers, the rank tolerance, plain-language
+    advice, notes, the seconds it took and each layer's warning (``layer <i> (<name>):
+    <warning>``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str
     input_shape: tuple[int, int, int]
@@ -65,18 +70,10 @@ class AuditReport:
     c_m: float
     layers: list[LayerAudit]
     tolerance: str
-    advice: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    advice: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
     seconds: float = 0.0
-
-    @property
-    def warnings(self) -> list[str]:
-        return [f"layer {a.index} ({a.name}): {a.warning}" for a in self.layers if a.warning]
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["warnings"] = self.warnings
-        return out
+    warnings: list[str] = Field(default_factory=list)
 
 
 def count_rank(geometry: ConvGeometry) -> int:
@@ -166,8 +163,9 @@ def audit_model(
         model=model_description or type(model).__name__, input_shape=input_shape,
         sample=sample_description, c_m=sum(a.contribution for a in layers), layers=layers,
         tolerance=tolerance, notes=notes, seconds=time.perf_counter() - began,
+        warnings=[f"layer {a.index} ({a.name}): {a.warning}" for a in layers if a.warning],
     )  # fmt: skip
-    return AuditReport(**{**report.__dict__, "advice": advice(report)})
+    return report.model_copy(update={"advice": advice(report)})
 
 
 def advice(report: AuditReport) -> list[str]:

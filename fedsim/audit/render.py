@@ -15,7 +15,7 @@ def _num(value: float | None) -> str:
 
 def print_audit(audit: ScenarioAudit, console: Console) -> None:
     """Print ``audit`` (table, c(M), tolerance, gaps, warnings, advice)."""
-    r = audit.report
+    r = audit
     title = f"audit: {r.model} on {r.input_shape[0]}×{r.input_shape[1]}×{r.input_shape[2]}"
     if audit.point != "-":
         title += f" [{audit.point}]"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,15 +15,12 @@ from fedsim.scenario import ScenarioError, Trial
 from fedsim.trial_inputs import federated_data, model_factory
 
 
-@dataclass(frozen=True)
-class ScenarioAudit:
-    """An audit and the sweep point(s) whose model it describes."""
+class ScenarioAudit(AuditReport):
+    """The audit of one model and the sweep point(s) whose model it is (``point``: the
+    point's ``model.*`` values, ``-`` when every point has this model); the one
+    definition of an audit in ``audit.json`` and ``results.json``."""
 
     point: str
-    report: AuditReport
-
-    def to_json(self) -> dict[str, Any]:
-        return {"point": self.point, **self.report.to_json()}
 
 
 def _point_label(trial: Trial) -> str:
@@ -74,11 +70,15 @@ def audit_scenario(
             report = audit_model(model, data.input_shape, (x, y), sample, chosen, description)
         except (UnsupportedModel, RankError) as exc:
             raise ScenarioError(source, where, str(exc)) from None
-        seen[key] = ScenarioAudit(_point_label(trial), report)
+        seen[key] = ScenarioAudit(point=_point_label(trial), **dict(report))
     return list(seen.values())
 
 
 def audits_json(audits: list[ScenarioAudit]) -> str:
     """One audit as a JSON object; several (a sweep over models) as a list of them."""
-    payload: Any = audits[0].to_json() if len(audits) == 1 else [a.to_json() for a in audits]
-    return json.dumps(payload, indent=1, default=float)
+    payload: Any = (
+        audits[0].model_dump(mode="json")
+        if len(audits) == 1
+        else [a.model_dump(mode="json") for a in audits]
+    )
+    return json.dumps(payload, indent=1)

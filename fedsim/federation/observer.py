@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import torch
 from fedsim.api import Attack, Observation, Reconstruction, Update
 from fedsim.federation.participant import others_update
 from fedsim.federation.progress import AttackScored, AttackStarted, Progress
-from fedsim.federation.protocol import DefenceReport, TrainReply, Truth, flat_measurements
+from fedsim.federation.protocol import DefenceReport, TrainReply, Truth, by_defence
 from fedsim.federation.scoring import Scorer, ScoringError
 from fedsim.metrics import SUCCESS_PSNR, match_scores
 from fedsim.perceptual import PerceptualMetric, build_perceptual_metric
@@ -37,39 +36,6 @@ from fedsim.scenario import AttackConfig, DataConfig, PerceptualConfig, Scenario
 from fedsim.threat import threat_model_record
 from fedsim.training.objective import known_regulariser
 from fedsim.trial_inputs import FederatedData, ModelFactory, derive_seed
-
-
-@dataclass(frozen=True)
-class ClientUpload:
-    """One client's reply as the server holds it (``truth`` is for scoring only).
-
-    ``train_loss`` is ``None`` under a client defence with a formal guarantee;
-    ``defences`` are the measurements the client's defences reported."""
-
-    client: int
-    update: Update
-    num_examples: int
-    batch_size: int
-    local_steps: int
-    train_loss: float | None
-    defences: tuple[DefenceReport, ...]
-    truth: Truth | None
-
-    @classmethod
-    def of(cls, reply: TrainReply) -> ClientUpload:
-        """The server's view of a train reply. Without a batch size (a client under a
-        formal guarantee keeps its realised batch size), the batch size taken is the
-        example count: the expected size of a Poisson-sampled batch."""
-        return cls(
-            client=reply.partition_id,
-            update=reply.update,
-            num_examples=reply.num_examples,
-            batch_size=reply.num_examples if reply.batch_size is None else reply.batch_size,
-            local_steps=reply.local_steps,
-            train_loss=reply.train_loss,
-            defences=reply.defences,
-            truth=reply.truth,
-        )
 
 
 def run_attack(attack: Attack[Any], observation: Observation) -> Reconstruction:
@@ -159,7 +125,7 @@ class RoundAttacker:
         self,
         server_round: int,
         start: Update,
-        uploads: list[ClientUpload],
+        uploads: list[TrainReply],
         aggregate: Update,
         aggregate_measurements: Sequence[DefenceReport] = (),
     ) -> None:
@@ -168,8 +134,8 @@ class RoundAttacker:
         self.store.add_round_defences(
             self.trial.index,
             server_round,
-            {u.client: flat_measurements(u.defences) for u in uploads},
-            flat_measurements(aggregate_measurements),
+            {u.partition_id: by_defence(u.defences) for u in uploads},
+            by_defence(aggregate_measurements),
         )
         for index, config, attack in self.attacks:
             if config.rounds is not None and server_round not in config.rounds:
@@ -214,10 +180,10 @@ class RoundAttacker:
         config: AttackConfig,
         server_round: int,
         start: Update,
-        uploads: list[ClientUpload],
+        uploads: list[TrainReply],
         aggregate: Update,
         aggregate_measurements: Sequence[DefenceReport],
-    ) -> list[tuple[Observation, list[ClientUpload], Sequence[DefenceReport]]]:
+    ) -> list[tuple[Observation, list[TrainReply], Sequence[DefenceReport]]]:
         """Each observation this attack makes, with the uploads behind it and their
         measurements."""
         fed = self.trial.scenario.federation
@@ -246,19 +212,21 @@ class RoundAttacker:
             return truth[1] if "labels" in knowledge and truth is not None else None
 
         if config.position == "server":
-            targets = [u for u in uploads if config.clients is None or u.client in config.clients]
-            chosen = sorted(targets, key=lambda u: u.client)[: config.max_clients]
+            targets = [
+                u for u in uploads if config.clients is None or u.partition_id in config.clients
+            ]
+            chosen = sorted(targets, key=lambda u: u.partition_id)[: config.max_clients]
             return [
                 (
                     Observation(
                         **common,
-                        client_id=u.client,
+                        client_id=u.partition_id,
                         update=u.update,
-                        batch_size=u.batch_size,
+                        batch_size=u.observed_batch_size,
                         local_steps=u.local_steps,
                         labels=labels(u.truth),
                         seed=derive_seed(
-                            self.trial.scenario.seed, "attack", index, server_round, u.client
+                            self.trial.scenario.seed, "attack", index, server_round, u.partition_id
                         ),
                     ),
                     [u],
@@ -268,8 +236,8 @@ class RoundAttacker:
             ]
         observed, update = uploads, aggregate
         if config.participant_client is not None:
-            own = [u for u in uploads if u.client == config.participant_client]
-            observed = [u for u in uploads if u.client != config.participant_client]
+            own = [u for u in uploads if u.partition_id == config.participant_client]
+            observed = [u for u in uploads if u.partition_id != config.participant_client]
             if not own or not observed:
                 return []  # the participant did not take part, or took part alone
             update = others_update(
@@ -284,9 +252,9 @@ class RoundAttacker:
             known = torch.cat([t[1] for t in truths])  # type: ignore[index]
         observation = Observation(
             **common,
-            client_id=observed[0].client if len(observed) == 1 else None,
+            client_id=observed[0].partition_id if len(observed) == 1 else None,
             update=update,
-            batch_size=sum(u.batch_size for u in observed),
+            batch_size=sum(u.observed_batch_size for u in observed),
             local_steps=max(u.local_steps for u in observed),
             labels=known,
             seed=derive_seed(self.trial.scenario.seed, "attack", index, server_round, "aggregate"),
@@ -300,7 +268,7 @@ class RoundAttacker:
         attack: Attack[Any],
         observation: Observation,
         result: Reconstruction,
-        holders: list[ClientUpload],
+        holders: list[TrainReply],
         measured: Sequence[DefenceReport],
         seconds: float,
     ) -> Record:
@@ -316,7 +284,7 @@ class RoundAttacker:
             status=result.status,
             reason=result.reason,
             diagnostics=result.diagnostics,
-            defence_measurements=flat_measurements(measured),
+            defence_measurements=by_defence(measured),
             attack_seconds=seconds,
             threat_model=ThreatRecord.model_validate(
                 threat_model_record(
@@ -331,7 +299,7 @@ class RoundAttacker:
         try:
             scored = self.scorer.score(
                 observation.round,
-                [u.client for u in holders],
+                [u.partition_id for u in holders],
                 [u.truth for u in holders],
                 result.images,  # type: ignore[arg-type]
                 result.labels,

@@ -46,6 +46,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 
 from fedsim.api import Update
 from fedsim.metrics import PairScores
+from fedsim.results.schema import Measured
 from fedsim.scenario import Scenario
 
 PARTITION_QUERY_ACTION = "partition"
@@ -148,9 +149,10 @@ def _flat_name(index: int, key: str) -> str:
     return f"{_DEFENCE}{index}.{key}"
 
 
-def flat_measurements(reports: Iterable[DefenceReport]) -> dict[str, float]:
-    """``reports`` keyed ``defence<index>.<name>``, as ``results.json`` records them."""
-    return {_flat_name(r.index, k): v for r in reports for k, v in r.values.items()}
+def by_defence(reports: Iterable[DefenceReport]) -> Measured:
+    """``reports`` by defence index, as ``results.json`` records them (a defence that
+    reported nothing is left out)."""
+    return {r.index: dict(r.values) for r in reports if r.values}
 
 
 def _defence_record_name(index: int) -> str:
@@ -240,6 +242,13 @@ class TrainReply:
     truth: Truth | None = None
     client_state: dict[str, Any] | None = None
 
+    @property
+    def observed_batch_size(self) -> int:
+        """The batch size the server takes: the reported one, else (a client under a
+        formal guarantee keeps its realised batch size) the example count, the expected
+        size of a Poisson-sampled batch."""
+        return self.num_examples if self.batch_size is None else self.batch_size
+
     def metrics(self) -> dict[str, float]:
         """The ``metrics`` record's entries (defence measurements travel apart)."""
         metrics: dict[str, float] = {
@@ -302,7 +311,7 @@ class TrainReply:
 def reply_contents(content: RecordDict) -> set[str]:
     """The names of what a train reply's ``content`` carried, as ``results.json`` records them
     (``client_sent``): its records' names and its metrics' keys, a defence's
-    measurements named as in :func:`flat_measurements`."""
+    measurements named ``defence<index>.<name>``."""
     names: set[str] = set()
     for name, record in content.items():
         index = _defence_index(name)

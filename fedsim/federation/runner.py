@@ -23,7 +23,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.proto.node_pb2 import NodeInfo
@@ -36,36 +35,8 @@ from fedsim.federation.progress import Event, Note, Progress
 from fedsim.federation.scoring import ScoringMode
 from fedsim.federation.server_app import run_federation
 from fedsim.results.store import ResultsStore
-from fedsim.scenario import Scenario, ScenarioError, Trial
+from fedsim.scenario import Scenario, Trial
 from fedsim.stopping import REQUEST, StopRequest, describe
-
-
-def ray_cpus(scenario: Scenario) -> int:
-    """CPU cores Ray may use: ``simulation.cpus``, else all cores but no more
-    than the round's clients can use at once."""
-    sim = scenario.simulation
-    if sim.cpus is not None:
-        return sim.cpus
-    wanted = math.ceil(scenario.federation.clients_per_round * sim.client_cpus)
-    return max(1, min(os.cpu_count() or 1, wanted))
-
-
-def check_resources(scenario: Scenario, source: str) -> None:
-    """Raise a one-line :class:`ScenarioError` if no client could be scheduled."""
-    sim = scenario.simulation
-    if sim.client_cpus > ray_cpus(scenario):
-        raise ScenarioError(
-            source,
-            ("simulation", "client_cpus"),
-            f"{sim.client_cpus:g} exceeds the {ray_cpus(scenario)} CPU cores Ray may use",
-        )
-    gpus = torch.cuda.device_count()
-    if sim.client_gpus > gpus:
-        raise ScenarioError(
-            source,
-            ("simulation", "client_gpus"),
-            f"{sim.client_gpus:g} GPUs per client, but {gpus} CUDA GPUs are visible",
-        )
 
 
 def backend_config(scenario: Scenario) -> dict[str, Any]:
@@ -102,7 +73,7 @@ class _NoMainThreadWarning(logging.Filter):
 
 @contextlib.contextmanager
 def ray_session(scenario: Scenario, run_dir: Path, trial: int) -> Iterator[None]:
-    """Start Ray for one trial (Flower's backend then uses it): ``ray_cpus`` cores,
+    """Start Ray for one trial (Flower's backend then uses it): ``scenario.ray_cpus()`` cores,
     workers' output off the console, its files in a short-lived directory (socket
     paths must be short). Afterwards Ray is shut down and its logs are copied to
     ``run_dir/ray/trial<i>``.
@@ -125,7 +96,7 @@ def ray_session(scenario: Scenario, run_dir: Path, trial: int) -> Iterator[None]
     try:
         with logs_to(logging.getLogger("ray"), run_dir / "ray.log"):
             ray.init(
-                num_cpus=ray_cpus(scenario),
+                num_cpus=scenario.ray_cpus(),
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,

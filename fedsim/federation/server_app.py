@@ -30,7 +30,7 @@ from fedsim.api import Update
 from fedsim.federation import protocol
 from fedsim.federation.defence_stages import ServerAggregation
 from fedsim.federation.nodes import NodePlacement, error_summary
-from fedsim.federation.observer import ClientUpload, RoundAttacker
+from fedsim.federation.observer import RoundAttacker
 from fedsim.federation.progress import ClientsFailed, Progress, RoundDone
 from fedsim.federation.protocol import Addressee, TrainInstruction, TrainReply
 from fedsim.federation.scoring import OnClientScorer, Scorer, ScoringMode, SharedTruthScorer
@@ -118,7 +118,7 @@ class AttackedFedAvg(FedAvg):
             for node, reply in received:
                 if reply.client_state is not None:
                     self._client_state[self._sent[node]] = reply.client_state
-        uploads = [ClientUpload.of(reply) for _, reply in received]
+        uploads = [reply for _, reply in received]
         if not uploads:
             return None, None
         aggregate, aggregate_measurements = self.aggregation(

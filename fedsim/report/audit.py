@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedsim.audit.runner import ScenarioAudit
 from fedsim.report.view import Table
-from fedsim.results.schema import Audit, RunResults
+from fedsim.results.schema import RunResults
 
 HEADERS = [
     "layer",
@@ -34,7 +35,7 @@ class AuditView:
     advice: list[str]
 
 
-def audit_view(audit: Audit) -> AuditView:
+def audit_view(audit: ScenarioAudit) -> AuditView:
     """One model's audit: c(M), the per-layer table, warnings, notes and advice."""
     shape = "×".join(str(s) for s in audit.input_shape)
     title = f"{audit.model} on {shape} inputs"

@@ -2,9 +2,8 @@
 
 Derived from a trial's entry in ``results.json``: ``accuracy`` per round and
 ``defences`` per round (the clients' measurements summarised over the round,
-and the server's aggregate defence's). Measurement keys are
-``defence<i>.<name>``; the names read here are those of the
-:class:`fedsim.api.Defence` contract.
+and the server's aggregate defence's, by defence index). The measurement names
+read here are those of the :class:`fedsim.api.Defence` contract.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.results.schema import TrialResult
+from fedsim.results.schema import Measured, TrialResult
 
 
 def final_accuracy(trial: TrialResult) -> float | None:
@@ -23,15 +22,16 @@ def final_accuracy(trial: TrialResult) -> float | None:
     return accuracy[max(accuracy)] if accuracy else None
 
 
-def _by_name(measured: dict[str, float], name: str) -> list[float]:
-    return [v for k, v in measured.items() if k.rsplit(".", 1)[-1] == name]
+def _by_name(measured: Measured, name: str) -> list[float]:
+    """``name``'s value from every defence that measured it."""
+    return [values[name] for values in measured.values() if name in values]
 
 
 def _root_sum_square(values: list[float]) -> float:
     return math.sqrt(sum(v * v for v in values))
 
 
-def _side(rounds: list[dict[str, float]]) -> dict[str, float | None]:
+def _side(rounds: list[Measured]) -> dict[str, float | None]:
     """ε (largest over rounds; several accountants add up), δ, and noise (mean over
     rounds; several noise sources add as independent variances) of one side."""
     epsilons = [sum(_by_name(m, "epsilon")) for m in rounds if _by_name(m, "epsilon")]

@@ -4,7 +4,9 @@ every reader (tables, plots, the report, resume).
 The file is strict JSON: non-finite floats are stored as the strings ``inf``, ``-inf``
 and ``nan`` (:func:`results_json` writes them, :func:`parse_results` restores them).
 ``schema_version`` (:data:`SCHEMA_VERSION`) says which shape a file has; files written
-before it existed (fedsim 0.1) have none and are read as version 1. A field listed in a
+before it existed (fedsim 0.1) have none and are read as version 1. Version 2 nests the
+defences' measurements by defence index (:data:`Measured`); version 1 named them
+``defence<i>.<name>`` in one flat mapping, and is read by nesting them. A field listed in a
 model's ``ABSENT_UNLESS_SET`` is left out of the file until it was given a value (as the
 writers always did: e.g. a trial's ``finished`` appears when it ends), so a file read
 and written again keeps its keys.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -25,12 +28,17 @@ from pydantic import (
     model_serializer,
 )
 
-from fedsim.audit.cm import LayerAudit
+from fedsim.audit.runner import ScenarioAudit
 from fedsim.metrics import PSNR_PEAK
 from fedsim.privacy.noise import NoiseSource
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The newest ``results.json`` shape this fedsim reads and the one it writes."""
+
+Measured = dict[int, dict[str, float]]
+"""Defence measurements: the index of the defence in the scenario's ``defences`` → the
+measurement's name (the :class:`fedsim.api.Defence` contract's: ``epsilon``,
+``noise_std``, …) → its value (``inf`` kept: ``epsilon = inf`` means no guarantee)."""
 
 
 class ResultsFileError(ValueError):
@@ -114,17 +122,17 @@ class Record(_Stored):
     metrics: dict[str, float | None] = Field(default_factory=dict)
     images: list[ImageResult] = Field(default_factory=list)
     diagnostics: dict[str, Any] = Field(default_factory=dict)
-    defence_measurements: dict[str, float] = Field(default_factory=dict)
+    defence_measurements: Measured = Field(default_factory=dict)
     attack_seconds: float = 0.0
     threat_model: ThreatRecord | None = None
 
 
 class RoundDefences(_Stored):
-    """One round's defence measurements (keys ``defence<i>.<name>``): the clients'
-    summarised over the round (mean; max for ε and δ) and the server's aggregate defence's."""
+    """One round's defence measurements: the clients' summarised over the round (mean;
+    max for ε and δ) and the server's aggregate defence's."""
 
-    clients: dict[str, float] = Field(default_factory=dict)
-    aggregate: dict[str, float] = Field(default_factory=dict)
+    clients: Measured = Field(default_factory=dict)
+    aggregate: Measured = Field(default_factory=dict)
 
 
 class FailedClient(_Stored):
@@ -189,22 +197,6 @@ class Plot(_Stored):
     title: str
 
 
-class Audit(_Stored):
-    """The c(M) audit of one model (:class:`fedsim.audit.runner.ScenarioAudit`)."""
-
-    point: str
-    model: str
-    input_shape: list[int]
-    sample: str
-    c_m: float
-    layers: list[LayerAudit]
-    tolerance: str
-    advice: list[str] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
-    seconds: float = 0.0
-    warnings: list[str] = Field(default_factory=list)
-
-
 class Environment(_Stored):
     """What the run ran on (:func:`fedsim.results.environment.describe_environment`)."""
 
@@ -246,7 +238,7 @@ class RunResults(_Stored):
     client_noise: NoiseSource | None = None
     trials: list[TrialResult]
     records: list[Record]
-    audit: list[Audit] | None = None
+    audit: list[ScenarioAudit] | None = None
     resumed: list[str] | None = None
     plots: list[Plot] | None = None
     wall_seconds: float | None = None
@@ -299,9 +291,58 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}{more}"
 
 
+_V1_NAME = re.compile(r"defence(\d+)\.(.+)")
+
+
+def _nested(flat: Any) -> Any:
+    """Version 1's ``{"defence<i>.<name>": value}`` as :data:`Measured`; a name of another
+    shape is kept, for validation to refuse."""
+    if not isinstance(flat, dict):
+        return flat
+    nested: dict[Any, Any] = {}
+    for name, value in flat.items():
+        match = _V1_NAME.fullmatch(str(name))
+        if match is None:
+            nested[name] = value
+        else:
+            nested.setdefault(int(match[1]), {})[match[2]] = value
+    return nested
+
+
+def _trial_from_version_1(trial: Any) -> Any:
+    defences = trial.get("defences") if isinstance(trial, dict) else None
+    if not isinstance(defences, dict):
+        return trial
+    return {
+        **trial,
+        "defences": {
+            r: {k: _nested(m) for k, m in sides.items()} if isinstance(sides, dict) else sides
+            for r, sides in defences.items()
+        },
+    }
+
+
+def _record_from_version_1(record: Any) -> Any:
+    if not isinstance(record, dict) or "defence_measurements" not in record:
+        return record
+    return {**record, "defence_measurements": _nested(record["defence_measurements"])}
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 file's content in version 2's shape (measurements nested); what is
+    malformed is left for validation to name."""
+    upgraded = {**data, "schema_version": SCHEMA_VERSION}
+    if isinstance(data.get("trials"), list):
+        upgraded["trials"] = [_trial_from_version_1(t) for t in data["trials"]]
+    if isinstance(data.get("records"), list):
+        upgraded["records"] = [_record_from_version_1(r) for r in data["records"]]
+    return upgraded
+
+
 def parse_results(data: Any) -> RunResults:
-    """A parsed ``results.json`` (``json.loads`` of the file) as :class:`RunResults`;
-    a file without ``schema_version`` is read as version 1.
+    """A parsed ``results.json`` (``json.loads`` of the file) as :class:`RunResults`, in
+    this version's shape; a file without ``schema_version`` is read as version 1, whose
+    flat measurement names are nested (:data:`Measured`).
 
     Raises:
         NewerSchemaError: its ``schema_version`` is newer than :data:`SCHEMA_VERSION`.
@@ -315,6 +356,8 @@ def parse_results(data: Any) -> RunResults:
             f"has schema_version {version}, newer than this fedsim reads ({SCHEMA_VERSION}): "
             "upgrade fedsim to read it"
         )
+    if version == 1:
+        data = _from_version_1(data)
     try:
         return RunResults.model_validate(_from_json_safe(data))
     except ValidationError as exc:

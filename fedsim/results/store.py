@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fedsim
+from fedsim.audit.runner import ScenarioAudit
 from fedsim.privacy.noise import ENGINE_NOISE, NoiseSource
 from fedsim.results.environment import describe_environment
 from fedsim.results.schema import (
     SCHEMA_VERSION,
-    Audit,
     Environment,
     FailedClient,
+    Measured,
     PerceptualInfo,
     Plot,
     Record,
@@ -71,14 +72,16 @@ WORST_CASE_KEYS = ("epsilon", "delta")
 """Measurement names summarised over a round's clients by their maximum, not their mean."""
 
 
-def client_summary(clients: dict[int, dict[str, float]]) -> dict[str, float]:
-    """Per measurement key, the mean over clients (the max for :data:`WORST_CASE_KEYS`)."""
-    keys = sorted({k for measured in clients.values() for k in measured})
-    summary = {}
-    for key in keys:
-        values = [m[key] for m in clients.values() if key in m]
-        worst = key.rsplit(".", 1)[-1] in WORST_CASE_KEYS
-        summary[key] = max(values) if worst else sum(values) / len(values)
+def client_summary(clients: dict[int, Measured]) -> Measured:
+    """Per defence and measurement, the mean over clients (the max for
+    :data:`WORST_CASE_KEYS`)."""
+    summary: Measured = {}
+    for index in sorted({i for measured in clients.values() for i in measured}):
+        per_client = [m[index] for m in clients.values() if index in m]
+        for key in sorted({k for values in per_client for k in values}):
+            values = [v[key] for v in per_client if key in v]
+            worst = key in WORST_CASE_KEYS
+            summary.setdefault(index, {})[key] = max(values) if worst else sum(values) / len(values)
     return summary
 
 
@@ -208,10 +211,10 @@ class ResultsStore:
         self,
         index: int,
         server_round: int,
-        clients: dict[int, dict[str, float]],
-        aggregate: dict[str, float],
+        clients: dict[int, Measured],
+        aggregate: Measured,
     ) -> None:
-        """Keep one round's defence measurements (keys ``defence<i>.<name>``).
+        """Keep one round's defence measurements.
 
         ``clients`` are the round's clients' measurements: the store keeps, per
         key, their mean (their maximum for ``epsilon`` and ``delta``, the worst
@@ -270,11 +273,10 @@ class ResultsStore:
                 self.data.records.append(record)
                 self._save()
 
-    def set_audit(self, audits: Sequence[Mapping[str, Any]]) -> None:
-        """Keep the c(M) audits (:class:`~fedsim.results.schema.Audit`) of the run's models."""
-        checked = [Audit.model_validate(a) for a in audits]
+    def set_audit(self, audits: Sequence[ScenarioAudit]) -> None:
+        """Keep the c(M) audits of the run's models."""
         with self._lock:
-            self.data.audit = checked
+            self.data.audit = list(audits)
             self._save()
 
     def set_plots(self, plots: Sequence[Mapping[str, str]]) -> None:

@@ -7,7 +7,10 @@ file and the key path.
 
 :mod:`~fedsim.scenario.model` holds the sections (pydantic models),
 :mod:`~fedsim.scenario.sweep` reading, overrides and sweep expansion, and
-:mod:`~fedsim.scenario.checks` the checks across sections and plugins.
+:mod:`~fedsim.scenario.checks` the checks across sections and plugins, and
+:mod:`~fedsim.scenario.preflight` (imported on its own: it builds data and models) the
+checks that need the data, the model or the machine: every check of a scenario is in
+this package.
 """
 
 from fedsim.scenario.checks import REPLACING_STAGES

@@ -1,7 +1,7 @@
 """The scenario's checks across sections and plugins: what each attack needs of its
 threat model, and which defences may act together. They run on every sweep point
 when the scenario is loaded; the checks that need the data and the model run after
-(:mod:`fedsim.preflight`).
+(:mod:`fedsim.scenario.preflight`).
 
 A plugin's parameters are validated by its ``Params``; what an attack needs and where a
 defence acts are class-level answers (:meth:`Attack.knowledge_needed`,

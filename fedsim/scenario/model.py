@@ -4,6 +4,8 @@ and the checks that need only the section itself (and the plugin registries)."""
 from __future__ import annotations
 
 import difflib
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -324,6 +326,15 @@ class Scenario(Section):
                     f"0..{fed.num_clients - 1}"
                 )
         return self
+
+    def ray_cpus(self) -> int:
+        """CPU cores Ray may use in the simulation engine: ``simulation.cpus``, else all
+        cores but no more than the round's clients can use at once."""
+        sim = self.simulation
+        if sim.cpus is not None:
+            return sim.cpus
+        wanted = math.ceil(self.federation.clients_per_round * sim.client_cpus)
+        return max(1, min(os.cpu_count() or 1, wanted))
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -1,14 +1,22 @@
-"""Scenario checks that need the data and the model, run before anything is written.
+"""Scenario checks that need the data, the model or the machine, run before anything
+is written.
 
 :func:`preflight` loads each distinct data split and builds its model once, so that a
-scenario whose data, model, checkpoint, training or defences do not fit is refused
-with a :class:`~fedsim.scenario.ScenarioError` before a run directory exists. The
-checks that need neither (keys, values, plugin names and parameters, threat models,
-defence stages) run when the scenario is loaded (:mod:`fedsim.scenario`).
+scenario whose data, model, checkpoint, training or defences do not fit, or (in the
+simulation engine) whose clients this machine could not schedule, is refused with a
+:class:`~fedsim.scenario.ScenarioError` before a run directory exists. The checks that
+need none of these (keys, values, plugin names and parameters, threat models, defence
+stages) run when the scenario is loaded (:mod:`fedsim.scenario`).
+
+Not imported by :mod:`fedsim.scenario` itself: it builds data and models, which sit
+above the scenario's definition.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 from torch import nn
 
 from fedsim.data.source import DataError
@@ -19,12 +27,17 @@ from fedsim.training.racecar import UnsupportedModel, check_racecar_model, layer
 from fedsim.trial_inputs import federated_data, model_factory
 
 
-def preflight(trials: list[Trial], source: str) -> None:
-    """Load each distinct data split and build the model once, so that errors come
-    before any directory is created."""
+def preflight(
+    trials: list[Trial], source: str, engine: Literal["simulation", "deployment"]
+) -> None:
+    """Load each distinct data split and build the model once, and in the ``simulation``
+    engine check the clients' resources, so that errors come before any directory is
+    created."""
     seen: set[str] = set()
     for trial in trials:
         scenario = trial.scenario
+        if engine == "simulation":
+            check_resources(scenario, source)
         key = (
             scenario.data.model_dump_json()
             + scenario.model.model_dump_json()
@@ -67,6 +80,25 @@ def preflight(trials: list[Trial], source: str) -> None:
                 ("federation", "batch_size"),
                 f"{fed.batch_size} exceeds the smallest client shard ({smallest} samples)",
             )
+
+
+def check_resources(scenario: Scenario, source: str) -> None:
+    """Raise a one-line :class:`ScenarioError` if no client could be scheduled in the
+    simulation engine (more CPU cores or GPUs per client than Ray may use)."""
+    sim = scenario.simulation
+    if sim.client_cpus > scenario.ray_cpus():
+        raise ScenarioError(
+            source,
+            ("simulation", "client_cpus"),
+            f"{sim.client_cpus:g} exceeds the {scenario.ray_cpus()} CPU cores Ray may use",
+        )
+    gpus = torch.cuda.device_count()
+    if sim.client_gpus > gpus:
+        raise ScenarioError(
+            source,
+            ("simulation", "client_gpus"),
+            f"{sim.client_gpus:g} GPUs per client, but {gpus} CUDA GPUs are visible",
+        )
 
 
 def _check_training(
