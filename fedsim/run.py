@@ -34,8 +34,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from fedsim.audit.cm import ScenarioAudit
 from fedsim.audit.render import print_audit
-from fedsim.audit.runner import ScenarioAudit, audit_scenario, audits_json
+from fedsim.audit.runner import audit_scenario, audits_json
 from fedsim.federation.progress import AttackScored, Event, RoundDone
 from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
 from fedsim.registry import discover

@@ -76,6 +76,14 @@ class AuditReport(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class ScenarioAudit(AuditReport):
+    """The audit of one model and the sweep point(s) whose model it is (``point``: the
+    point's ``model.*`` values, ``-`` when every point has this model); the one
+    definition of an audit in ``audit.json`` and ``results.json``."""
+
+    point: str
+
+
 def count_rank(geometry: ConvGeometry) -> int:
     """The rank the known row dependencies allow: ``min(n, |Z| + rank-bound(G) − C_out²)``."""
     g = geometry

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fedsim.audit.runner import ScenarioAudit
+from fedsim.audit.cm import ScenarioAudit
 
 
 def _num(value: float | None) -> str:

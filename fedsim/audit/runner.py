@@ -9,18 +9,10 @@ import torch
 
 from fedsim.analytic.chain import UnsupportedModel
 from fedsim.analytic.rank import RankError
-from fedsim.audit.cm import AuditReport, Method, audit_model
+from fedsim.audit.cm import Method, ScenarioAudit, audit_model
 from fedsim.data.source import DataError
 from fedsim.scenario import ScenarioError, Trial
 from fedsim.trial_inputs import federated_data, model_factory
-
-
-class ScenarioAudit(AuditReport):
-    """The audit of one model and the sweep point(s) whose model it is (``point``: the
-    point's ``model.*`` values, ``-`` when every point has this model); the one
-    definition of an audit in ``audit.json`` and ``results.json``."""
-
-    point: str
 
 
 def _point_label(trial: Trial) -> str:

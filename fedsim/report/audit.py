@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsim.audit.runner import ScenarioAudit
+from fedsim.audit.cm import ScenarioAudit
 from fedsim.report.view import Table
 from fedsim.results.schema import RunResults
 

@@ -28,7 +28,7 @@ from pydantic import (
     model_serializer,
 )
 
-from fedsim.audit.runner import ScenarioAudit
+from fedsim.audit.cm import ScenarioAudit
 from fedsim.metrics import PSNR_PEAK
 from fedsim.privacy.noise import NoiseSource
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fedsim
-from fedsim.audit.runner import ScenarioAudit
+from fedsim.audit.cm import ScenarioAudit
 from fedsim.privacy.noise import ENGINE_NOISE, NoiseSource
 from fedsim.results.environment import describe_environment
 from fedsim.results.schema import (
