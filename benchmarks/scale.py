@@ -6,14 +6,15 @@ Usage: ``python benchmarks/scale.py [--clients 10 100 1000] [--repeats 3]``.
 Both sides run ``scenarios/many_clients.toml`` with its attacks off and
 ``num_clients`` set: digits 32×32, the scenario's ConvNet, 10 clients per
 round, 20 FedSGD rounds (one seeded batch of one image per client), central
-test accuracy after every round, Ray with one CPU per client on all cores.
+test accuracy after every round, the scenario's simulation backend (one CPU per
+client, all cores).
 
 - *fedsim*: the whole ``fedsim run`` path (validation, run directory, results
   store, Flower's simulation engine with one stand-in node per client of a round).
 - *plain Flower*: written here with Flower's own pieces only (``ClientApp``,
   ``ServerApp``, the ``FedAvg`` strategy sampling ``num_clients`` simulated nodes,
   the partition from each node's config) plus fedsim's data split, model,
-  batch choice and test accuracy, under the same Ray settings; clients upload
+  batch choice and test accuracy, on the same backend; clients upload
   their weights after one SGD step, which FedAvg averages: the same model
   update as FedSGD's averaged gradient.
 
@@ -21,9 +22,9 @@ Each run is a fresh Python process; runs alternate between the two so that a
 change in machine load hits both; the median of ``--repeats`` runs is printed.
 *Rounds/s* is the inverse of the median duration of rounds 2..20 (round 1
 includes the clients' start-up). *CPU s/round* is the CPU time (user + system)
-of the process tree, Ray's workers included, over rounds 2..20 divided by 19:
+of the process tree (Ray's workers, if any, included) over rounds 2..20 divided by 19:
 unlike wall time it hardly depends on what else runs on the machine, so it is
-the figure fedsim's overhead is judged by. *Wall* is the whole run, Ray's
+the figure fedsim's overhead is judged by. *Wall* is the whole run, any
 start-up included; *peak memory* is sampled over the process and all its
 descendants (Ray's workers included).
 """
@@ -55,7 +56,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsim.federation.client_app import training_batch
-from fedsim.federation.runner import backend_config, logs_to, ray_session, run_trial
+from fedsim.federation.runner import backend_config, run_trial
+from fedsim.federation.runtime import SimulationRuntime, logs_to
 from fedsim.federation.server_app import test_accuracy
 from fedsim.run import finish_run, prepare_run, run_trials
 from fedsim.scenario import Scenario, Trial, load
@@ -195,7 +197,8 @@ def run_plain(num_clients: int, folder: Path) -> Measurement:
         start = time.perf_counter()
         with (
             logs_to(FLOWER_LOGGER, folder / "plain" / "flower.log"),
-            ray_session(scenario, folder / "plain", 0),
+            SimulationRuntime(folder / "plain") as runtime,
+            runtime.point(scenario),
         ):
             run_simulation(
                 server_app=plain_server(scenario, on_round),

@@ -476,19 +476,24 @@ def run_scenario(
 
 
 def _run_points(run: PreparedRun, console: Console, scoring: ScoringMode) -> str:
-    """:func:`run_trials` in Flower's simulation engine, behind a progress display;
-    returns ``complete`` or ``partial``; ``KeyboardInterrupt`` propagates."""
+    """:func:`run_trials` in Flower's simulation engine, behind a progress display, the
+    points sharing the engine's backend (with Ray, one Ray runtime); returns
+    ``complete`` or ``partial``; ``KeyboardInterrupt`` propagates."""
     from fedsim.federation.runner import run_trial
+    from fedsim.federation.runtime import SimulationRuntime
 
     total = sum(t.scenario.federation.rounds for t in run.todo)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} rounds"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[note]}", markup=False),
-        console=console,
-    ) as progress:
+    with (
+        SimulationRuntime(run.run_dir) as runtime,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} rounds"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}", markup=False),
+            console=console,
+        ) as progress,
+    ):
         task = progress.add_task("federation", total=total, note="starting")
         note = round_bar(progress, task)
 
@@ -498,7 +503,7 @@ def _run_points(run: PreparedRun, console: Console, scoring: ScoringMode) -> str
             progress.update(
                 task, description=label, heading=heading, note="starting Flower simulation"
             )
-            run_trial(trial, run.store, run.run_dir, note, scoring)
+            run_trial(trial, run.store, run.run_dir, note, scoring, runtime)
 
         def failed(trial: Trial, error: str) -> None:
             label = f"point {trial.index + 1}/{len(run.trials)}"

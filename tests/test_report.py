@@ -68,7 +68,7 @@ CRASH = "RuntimeError: Ray worker died"
 
 
 def fake_federation(
-    trial: Trial, store: ResultsStore, run_dir: Path, progress: Any, scoring: str
+    trial: Trial, store: ResultsStore, run_dir: Path, progress: Any, *_: object
 ) -> None:
     """What a federation writes: accuracy per round, one client failure, and per attack
     the real batch of client 0 with a noisy copy as its reconstruction, scored and saved

@@ -121,7 +121,7 @@ def install_hostile_plugins(patch: pytest.MonkeyPatch) -> None:
 
 
 def fake_federation(
-    trial: Trial, store: ResultsStore, run_dir: Path, progress: Any, scoring: str
+    trial: Trial, store: ResultsStore, run_dir: Path, progress: Any, *_: object
 ) -> None:
     """A federation's results: one round's accuracy, a failed client, and each attack run
     on a stand-in upload; ``dlg`` "rebuilds" a noisy copy of two digits (scored and

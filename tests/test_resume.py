@@ -54,7 +54,7 @@ class FakeFederation:
         self.interrupt_at = interrupt_at
 
     def __call__(
-        self, trial: Trial, store: ResultsStore, run_dir: Path, progress: Any, scoring: str
+        self, trial: Trial, store: ResultsStore, run_dir: Path, progress: Any, *_: object
     ) -> None:
         if trial.index == self.interrupt_at:
             raise KeyboardInterrupt

@@ -43,14 +43,14 @@ def trial_run(stop: StopRequest, notes: list[Event] | None = None) -> None:
     """``run_trial`` of a stand-in federation (which ignores the store and directory)."""
     store = cast(ResultsStore, None)
     run_trial(TRIAL, store, Path("."), (notes if notes is not None else []).append,
-              "shared-truth", stop)  # fmt: skip
+              "shared-truth", stop=stop)  # fmt: skip
 
 
 def test_a_federation_stops_at_its_next_step(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
 
     def federation(trial: Trial, store: Any, run_dir: Path, progress: Any, scoring: str,
-                   stop: StopRequest) -> None:  # fmt: skip
+                   stop: StopRequest, *_: object) -> None:  # fmt: skip
         seen.append(threading.current_thread().name)
         while not stop.requested:  # a ServerApp between steps (see StoppableGrid)
             time.sleep(0.01)

@@ -3,23 +3,19 @@
 The engine gets one node per client of a round (``clients_per_round``): nodes
 are stand-ins, and each message names the client (partition) to act as, so a
 scenario with many clients costs no more memory or start-up than a small one.
-Ray runs the ClientApps with the resources of ``[simulation]``; Flower's log
-goes to ``flower.log`` and Ray's to ``ray.log`` and ``ray/trial<i>/`` in the
-run directory, keeping the console to fedsim's own progress display.
+The ClientApps run on ``[simulation]``'s backend (threads of this process, or Ray's
+actors started once for a run's points: :mod:`fedsim.federation.runtime`); Flower's
+log goes to ``flower.log`` and Ray's, if used, to ``ray.log`` and ``ray/`` in the run
+directory, keeping the console to fedsim's own progress display.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import os
-import shutil
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +28,7 @@ from flwr.supercore.run import Run
 from fedsim.federation.client_app import make_client_app
 from fedsim.federation.nodes import PULL_INTERVAL, SimulatedNodes
 from fedsim.federation.progress import Event, Note, Progress
+from fedsim.federation.runtime import SimulationRuntime, logs_to
 from fedsim.federation.scoring import ScoringMode
 from fedsim.federation.server_app import run_federation
 from fedsim.results.store import ResultsStore
@@ -43,75 +40,6 @@ def backend_config(scenario: Scenario) -> dict[str, Any]:
     """Flower's backend config: each client's resources from ``[simulation]``."""
     sim = scenario.simulation
     return {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}}
-
-
-@contextlib.contextmanager
-def logs_to(logger: logging.Logger, path: Path) -> Iterator[None]:
-    """Send ``logger``'s records (INFO and above) to ``path`` instead of its own
-    handlers (the console, for Flower and Ray), then restore them."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    saved = logger.handlers[:], logger.level, logger.propagate
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.handlers[:], level, logger.propagate = saved
-        logger.setLevel(level)
-        handler.close()
-
-
-class _NoMainThreadWarning(logging.Filter):
-    """Drops Ray's warning that, started outside the main thread, it set no SIGTERM
-    handler: :func:`run_trial` starts it there on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "not the main thread" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def ray_session(scenario: Scenario, run_dir: Path, trial: int) -> Iterator[None]:
-    """Start Ray for one trial (Flower's backend then uses it): ``scenario.ray_cpus()`` cores,
-    workers' output off the console, its files in a short-lived directory (socket
-    paths must be short). Afterwards Ray is shut down and its logs are copied to
-    ``run_dir/ray/trial<i>``.
-
-    Ray must leave this process's signal handlers to fedsim (:mod:`fedsim.stopping`).
-    ``ray.init`` in the main thread would set a SIGTERM handler that exits wherever
-    the signal lands, so :func:`run_trial` calls this in the federation's thread.
-    Ray's crash handler, which takes SIGTERM too and leaves it at the default
-    (killing the process) when Ray shuts down, is switched off before Ray is first
-    imported (``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``).
-    """
-    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="fedsim-ray-")
-    quiet = _NoMainThreadWarning()
-    worker_log = logging.getLogger("ray._private.worker")
-    worker_log.addFilter(quiet)
-    try:
-        with logs_to(logging.getLogger("ray"), run_dir / "ray.log"):
-            ray.init(
-                num_cpus=scenario.ray_cpus(),
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                # Ray's workers import what this process can (a model given by import path).
-                runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}},
-                _temp_dir=temp,
-            )
-            yield
-    finally:
-        worker_log.removeFilter(quiet)
-        if ray.is_initialized():
-            ray.shutdown()
-        for logs in Path(temp).glob("session_2*/logs"):
-            shutil.copytree(logs, run_dir / "ray" / f"trial{trial}", dirs_exist_ok=True)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 class FederationStopped(Exception):
@@ -191,8 +119,11 @@ def _federate(
     progress: Progress,
     scoring: ScoringMode,
     stop: StopRequest,
+    runtime: SimulationRuntime,
 ) -> None:
-    """Run ``trial``'s federation in Flower's simulation engine, in this thread."""
+    """Run ``trial``'s federation in Flower's simulation engine on ``runtime``, in this
+    thread (where Ray starts, if it does: not the main thread, whose signal handlers
+    stay fedsim's)."""
     from flwr.simulation import run_simulation
 
     scenario = trial.scenario
@@ -207,10 +138,7 @@ def _federate(
         nodes = SimulatedNodes(scenario.federation.round_timeout)
         run_federation(StoppableGrid(grid, stop), trial, store, run_dir, nodes, scoring, note)
 
-    with (
-        logs_to(FLOWER_LOGGER, run_dir / "flower.log"),
-        ray_session(scenario, run_dir, trial.index),
-    ):
+    with logs_to(FLOWER_LOGGER, run_dir / "flower.log"), runtime.point(scenario):
         run_simulation(
             server_app=server_app,
             client_app=make_client_app(simulated=True),
@@ -233,16 +161,21 @@ def run_trial(
     run_dir: Path,
     progress: Progress,
     scoring: ScoringMode,
+    runtime: SimulationRuntime | None = None,
     stop: StopRequest = REQUEST,
 ) -> None:
     """Run ``trial``'s federation; attacks and scores land in ``store`` as rounds finish.
 
-    The federation (Ray, Flower's engine and the ServerApp) runs in a thread of
+    The engine's backend is ``runtime``'s, shared with the run's other points
+    (:mod:`fedsim.federation.runtime`); without one it is set up for this trial and
+    closed after it.
+
+    The federation (Flower's engine, the ServerApp, Ray if used) runs in a thread of
     its own: the calling thread, where signal handlers run, only waits, so a
     signal never lands inside Ray or Flower. Once ``stop`` is requested the
     ServerApp stops at its next step (a poll for replies, a progress note; an
     attack or a client's training under way finishes first), Flower stops its
-    workers and Ray in order, and :class:`~fedsim.stopping.Interrupted` is raised.
+    workers in order, and :class:`~fedsim.stopping.Interrupted` is raised.
     If ``stop`` is abandoned (a second signal) it is raised at once, and the
     federation's thread is left running (the process must end with ``os._exit``).
 
@@ -256,7 +189,9 @@ def run_trial(
 
     def federate() -> None:
         try:
-            _federate(trial, store, run_dir, progress, scoring, stop)
+            with contextlib.ExitStack() as own:
+                shared = runtime or own.enter_context(SimulationRuntime(run_dir))
+                _federate(trial, store, run_dir, progress, scoring, stop, shared)
         except BaseException as exc:  # handed over to the waiting thread
             failure.append(exc)
 

@@ -33,6 +33,7 @@ from torch.func import functional_call
 
 from fedsim.api import Regulariser
 from fedsim.inversion.labels import find_head
+from fedsim.inversion.lbfgs import LBFGS
 
 Init = Literal["normal", "uniform"]
 Optimizer = Literal["lbfgs", "adam"]
@@ -364,13 +365,19 @@ def _dummy_images(shape: tuple[int, ...], init: Init, generator: torch.Generator
 
 def _optimizer(
     leaves: list[torch.Tensor], config: MatchConfig
-) -> torch.optim.LBFGS | torch.optim.Adam:
-    if config.optimizer == "lbfgs":
-        return torch.optim.LBFGS(
-            leaves, lr=config.lr, max_iter=config.max_iter, history_size=config.history_size,
-            line_search_fn=config.line_search,
-        )  # fmt: skip
-    return torch.optim.Adam(leaves, lr=config.lr)
+) -> LBFGS | torch.optim.LBFGS | torch.optim.Adam:
+    """L-BFGS with a fixed step is fedsim's (:mod:`fedsim.inversion.lbfgs`: PyTorch's
+    algorithm, its history as matrices); with a line search, PyTorch's."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(leaves, lr=config.lr)
+    if config.line_search is None:
+        return LBFGS(
+            leaves, lr=config.lr, max_iter=config.max_iter, history_size=config.history_size
+        )
+    return torch.optim.LBFGS(
+        leaves, lr=config.lr, max_iter=config.max_iter, history_size=config.history_size,
+        line_search_fn=config.line_search,
+    )  # fmt: skip
 
 
 def _scheduler(
@@ -578,7 +585,7 @@ def _match(
         reason: StopReason = "budget"
         stop = False
         for step in range(config.iterations):
-            if isinstance(optimizer, torch.optim.LBFGS):  # config.optimizer == "lbfgs"
+            if isinstance(optimizer, LBFGS | torch.optim.LBFGS):  # config.optimizer == "lbfgs"
                 value = float(optimizer.step(closure))
             else:
                 value = float(closure())

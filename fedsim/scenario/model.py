@@ -238,19 +238,28 @@ class MetricsConfig(Section):
 
 
 class SimulationConfig(Section):
-    """Flower's simulation engine (Ray): the resources each running client reserves.
+    """Flower's simulation engine: where the ClientApps run, and the resources each
+    running client reserves.
 
-    Ray runs ``floor(cpus / client_cpus)`` clients at a time (fewer when GPUs
-    are the limit); clients are built per round from their partition id, so
+    ``floor(cpus / client_cpus)`` clients run at a time (with Ray, fewer when GPUs are
+    the limit); clients are built per round from their partition id, so
     ``num_clients`` costs neither memory nor processes.
     """
 
+    backend: Literal["threads", "ray"] = Field(
+        "threads",
+        description="threads: ClientApps run in threads of fedsim's process (no start-up, "
+        "no memory beyond the model and data; a client that crashes the process ends "
+        "the run); ray: each in a Ray actor process of its own (isolated, GPU shares)",
+    )
     client_cpus: float = Field(1.0, gt=0.0, description="CPU cores reserved per running client")
     client_gpus: float = Field(
         0.0, ge=0.0, description="GPUs per running client; 0.25 puts four clients on a GPU"
     )
     cpus: int | None = Field(
-        None, ge=1, description="CPU cores Ray may use (default: all, at most what a round needs)"
+        None,
+        ge=1,
+        description="CPU cores the engine may use (default: all, at most what a round needs)",
     )
 
     @model_validator(mode="after")
@@ -327,9 +336,10 @@ class Scenario(Section):
                 )
         return self
 
-    def ray_cpus(self) -> int:
-        """CPU cores Ray may use in the simulation engine: ``simulation.cpus``, else all
-        cores but no more than the round's clients can use at once."""
+    def engine_cpus(self) -> int:
+        """CPU cores the simulation engine may use (Ray's, or the threads' share):
+        ``simulation.cpus``, else all cores but no more than the round's clients can use
+        at once."""
         sim = self.simulation
         if sim.cpus is not None:
             return sim.cpus

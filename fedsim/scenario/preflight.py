@@ -84,13 +84,13 @@ def preflight(
 
 def check_resources(scenario: Scenario, source: str) -> None:
     """Raise a one-line :class:`ScenarioError` if no client could be scheduled in the
-    simulation engine (more CPU cores or GPUs per client than Ray may use)."""
+    simulation engine (more CPU cores or GPUs per client than it may use)."""
     sim = scenario.simulation
-    if sim.client_cpus > scenario.ray_cpus():
+    if sim.client_cpus > scenario.engine_cpus():
         raise ScenarioError(
             source,
             ("simulation", "client_cpus"),
-            f"{sim.client_cpus:g} exceeds the {scenario.ray_cpus()} CPU cores Ray may use",
+            f"{sim.client_cpus:g} exceeds the {scenario.engine_cpus()} cores the engine may use",
         )
     gpus = torch.cuda.device_count()
     if sim.client_gpus > gpus:
