@@ -7,8 +7,7 @@ leakage (the best attack's PSNR) and accuracy fall as the noise rises (direction
 only); central noise leaves the server's view untouched but blinds the
 participant; ε is the accountant's over every round (client-side state kept in
 Flower's Context.state); the noise the server measured is the noise configured,
-and the clients kept what they measured of theirs. The sweep runs its clients in
-Ray's actors, started once for the six points and shut down with the run.
+and the clients kept what they measured of theirs.
 """
 
 from __future__ import annotations
@@ -18,11 +17,9 @@ import json
 from typing import Any
 
 import pytest
-import ray
 from dp_accounting import dp_event, rdp
 
 from fedsim.cli import main
-from fedsim.federation import runtime
 
 pytestmark = pytest.mark.slow
 
@@ -59,14 +56,8 @@ clip_norm = {CLIP}
 noise_multiplier = [0.0, 0.003, 1.0]
 placement = ["client", "server"]
 delta = {DELTA}
-[simulation]
-backend = "ray"   # a sweep on Ray: its points share one Ray and its actors
 """
 LEVELS = (0.0, 0.003, 1.0)
-RAY_STARTS: list[int] = []
-"""Each start of Ray and the client actors during the sweep."""
-RAY_AFTER_RUN: list[bool] = []
-"""Whether Ray was still running once the sweep's run had ended."""
 
 
 def rdp_epsilon(noise_multiplier: float, releases: int) -> float:
@@ -81,16 +72,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float], d
     **the point's sweep.csv columns}."""
     folder = tmp_path_factory.mktemp("dp")
     (folder / "dp.toml").write_text(SCENARIO, encoding="utf-8")
-    start = runtime._Session.__init__
-
-    def counted(session: Any, *args: Any) -> None:
-        RAY_STARTS.append(len(RAY_STARTS) + 1)
-        start(session, *args)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime._Session, "__init__", counted)
-        assert main(["run", str(folder / "dp.toml"), "--out", str(folder / "run")]) == 0
-    RAY_AFTER_RUN.append(ray.is_initialized())
+    assert main(["run", str(folder / "dp.toml"), "--out", str(folder / "run")]) == 0
     results = json.loads((folder / "run" / "results.json").read_text(encoding="utf-8"))
     with (folder / "run" / "sweep.csv").open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -102,12 +84,6 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float], d
         point[row["position"]] = float(row["psnr"])
         point["view_epsilon"][row["position"]] = row["epsilon"]
     return points
-
-
-@pytest.mark.usefixtures("sweep")
-def test_the_six_points_share_one_ray_runtime_closed_with_the_run() -> None:
-    assert RAY_STARTS == [1]
-    assert RAY_AFTER_RUN == [False]
 
 
 def best(point: dict[str, Any]) -> float:
