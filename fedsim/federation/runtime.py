@@ -41,9 +41,10 @@ from fedsim.scenario import Scenario
 
 
 def _ray() -> Any:
-    """Ray, imported with its crash handler off: it takes SIGTERM and leaves it at the
-    default (killing the process) when Ray shuts down; fedsim handles signals itself
-    (:mod:`fedsim.stopping`)."""
+    """Ray, imported with its crash handler off: it takes SIGTERM (aborting the process)
+    and leaves it at the default (killing the process) when Ray shuts down; fedsim
+    handles signals itself (:mod:`fedsim.stopping`). Ray reads the switch when it is
+    first imported, so this must come before any import of Ray, Flower's included."""
     os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default
     import ray
@@ -261,6 +262,7 @@ class SimulationRuntime:
         """Run one point's ``run_simulation`` inside, on ``scenario``'s backend: threads,
         or Ray and the actors for ``scenario``'s resources (started now if they are not
         running, or were for other resources). If the body raises, Ray is closed."""
+        _ray()  # before Flower's backend module imports Ray, whichever backend runs
         from flwr.server.superlink.fleet.vce.backend import raybackend
 
         if scenario.simulation.backend == "threads":
