@@ -248,8 +248,6 @@ class SimulationRuntime:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._session: _Session | None = None
-        self.starts = 0
-        """How many times Ray was started (a measure of what sharing saved)."""
 
     def __enter__(self) -> SimulationRuntime:
         return self
@@ -285,7 +283,6 @@ class SimulationRuntime:
             self.close()
         if self._session is None:
             self._session = _Session(wanted, self.run_dir)
-            self.starts += 1
         return self._session
 
     def close(self) -> None:
