@@ -56,7 +56,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsim.federation.client_app import training_batch
-from fedsim.federation.runner import backend_config, run_trial
+from fedsim.federation.runner import run_trial
 from fedsim.federation.runtime import SimulationRuntime, logs_to
 from fedsim.federation.server_app import test_accuracy
 from fedsim.run import finish_run, prepare_run, run_trials
@@ -204,7 +204,6 @@ def run_plain(num_clients: int, folder: Path) -> Measurement:
                 server_app=plain_server(scenario, on_round),
                 client_app=plain_client(scenario),
                 num_supernodes=num_clients,
-                backend_config=backend_config(scenario),  # type: ignore[arg-type]
             )
         wall = time.perf_counter() - start
     return Measurement(

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.common.logger import FLOWER_LOGGER
@@ -32,14 +31,8 @@ from fedsim.federation.runtime import SimulationRuntime, logs_to
 from fedsim.federation.scoring import ScoringMode
 from fedsim.federation.server_app import run_federation
 from fedsim.results.store import ResultsStore
-from fedsim.scenario import Scenario, Trial
+from fedsim.scenario import Trial
 from fedsim.stopping import REQUEST, StopRequest, describe
-
-
-def backend_config(scenario: Scenario) -> dict[str, Any]:
-    """Flower's backend config: each client's resources from ``[simulation]``."""
-    sim = scenario.simulation
-    return {"client_resources": {"num_cpus": sim.client_cpus, "num_gpus": sim.client_gpus}}
 
 
 class FederationStopped(Exception):
@@ -143,7 +136,6 @@ def _federate(
             server_app=server_app,
             client_app=make_client_app(simulated=True),
             num_supernodes=scenario.federation.clients_per_round,
-            backend_config=backend_config(scenario),
         )
 
 
