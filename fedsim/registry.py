@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from types import MappingProxyType
 from typing import Any
 
 from fedsim.api import STAGE_HOOKS, Attack, Defence, missing_hooks
@@ -128,11 +129,13 @@ def discover() -> Plugins:
     return Plugins(attacks, defences, datasets, broken, clashes)
 
 
-def registered_models() -> dict[str, str]:
+@cache
+def registered_models() -> Mapping[str, str]:
     """Import paths declared in the ``fedsim.models`` group, by entry-point name (not
-    loaded; read afresh on every call). A name several distributions declare keeps the
-    built-in's path, or is left out if no built-in declares it (as for the other groups)."""
-    return {ep.name: ep.value for ep in _unambiguous(MODEL_GROUP, {})}
+    loaded; read once per process, like :func:`discover`: every client builds its model
+    every round). A name several distributions declare keeps the built-in's path, or is
+    left out if no built-in declares it (as for the other groups)."""
+    return MappingProxyType({ep.name: ep.value for ep in _unambiguous(MODEL_GROUP, {})})
 
 
 def instantiate_attack(name: str, params: Mapping[str, Any]) -> Attack[Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.cli import main
-from fedsim.registry import discover
+from fedsim.registry import discover, registered_models
 from fedsim.run import check_scenario
 from fedsim.scenario import ScenarioError, expand
 
@@ -75,9 +75,11 @@ def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Install
         else:
             monkeypatch.syspath_prepend(str(root))
         discover.cache_clear()
+        registered_models.cache_clear()
 
     yield install
     discover.cache_clear()
+    registered_models.cache_clear()
     for name in modules:
         sys.modules.pop(name, None)
 
