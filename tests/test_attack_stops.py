@@ -13,8 +13,6 @@ from torch import nn
 
 from fedsim.inversion.gradient_matching import MatchConfig, MatchResult, match_gradients, plateaued
 
-pytestmark = pytest.mark.usefixtures("two_threads")
-
 SHAPE = (1, 4, 4)
 CLASSES = 3
 # DLG's optimiser, one L-BFGS iteration per step; the tiny case converges in a few

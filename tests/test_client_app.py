@@ -22,6 +22,7 @@ from fedsim.federation.protocol import (
     TrainInstruction,
     TrainReply,
 )
+from fedsim.registry import registered_models
 from fedsim.scenario import ModelConfig, Scenario, expand
 from fedsim.trial_inputs import federated_data, model_factory
 
@@ -187,7 +188,9 @@ def side_effect_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     name = f"fedsim_side_effect_{tmp_path.name}"
     (tmp_path / f"{name}.py").write_text(SIDE_EFFECT_MODEL, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
+    registered_models.cache_clear()  # entry points the test adds under tmp_path are read
     yield name
+    registered_models.cache_clear()
     sys.modules.pop(name, None)
 
 

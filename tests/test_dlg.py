@@ -23,9 +23,6 @@ IMAGE = 2  # the full rocket photograph (label 1) of load_photos(32, 2, 0)
 DLG_PARAMS = {"iterations": 100, "restarts": 2, "loss_threshold": 1e-7}
 
 
-pytestmark = pytest.mark.usefixtures("two_threads")
-
-
 def factory() -> torch.nn.Module:
     """A freshly initialised LeNet; the observation's parameters must be loaded into it."""
     return build_model("lenet", input_shape=SHAPE, num_classes=6, seed=MODEL_SEED + 1)

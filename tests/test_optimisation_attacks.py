@@ -23,9 +23,6 @@ SHAPE = (3, 32, 32)
 CASES = [(0, 1), (8, 2)]  # (photo index in load_photos(32, 4, 0), model seed)
 
 
-pytestmark = pytest.mark.usefixtures("two_threads")
-
-
 def observe(index: int, seed: int) -> tuple[Observation, torch.Tensor, torch.Tensor]:
     x, y = load_photos(32, 4, 0).batch([index])
     model = build_model("lenet", input_shape=SHAPE, num_classes=6, seed=seed)

@@ -112,7 +112,6 @@ def fedavg_delta(
     return model, delta
 
 
-@pytest.mark.usefixtures("two_threads")
 def test_unrolled_objective_beats_delta_as_gradient_at_five_local_steps() -> None:
     steps, lr = 5, 0.1
     x, y = load_photos(32, 4, 0).batch([0])
