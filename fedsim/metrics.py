@@ -2,6 +2,10 @@
 
 All images are float arrays in [0, 1]. PSNR uses peak 1 (``data_range = 1``)
 unless told otherwise; the peak is recorded with every score.
+
+SciPy and scikit-image are imported by the functions that use them: every deployed
+ClientApp (one process per message) imports this module for its types, and only the
+processes that score need them (about a second of start-up).
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from skimage.metrics import mean_squared_error, structural_similarity
 
 PSNR_PEAK = 1.0
 PAPER_PEAK = 255.0
@@ -25,6 +27,8 @@ i.e. an MSE of at most 1e-3 on [0, 1] pixels."""
 
 def mse(true: np.ndarray, test: np.ndarray) -> float:
     """Mean squared error of two ``(C, H, W)`` images in [0, 1]."""
+    from skimage.metrics import mean_squared_error
+
     return float(mean_squared_error(true.astype(np.float64), test.astype(np.float64)))
 
 
@@ -40,6 +44,8 @@ def psnr(true: np.ndarray, test: np.ndarray, peak: float = PSNR_PEAK) -> float:
 
 def ssim(true: np.ndarray, test: np.ndarray) -> float:
     """Structural similarity (scikit-image) of two ``(C, H, W)`` images in [0, 1]."""
+    from skimage.metrics import structural_similarity
+
     side = min(true.shape[-2:])
     win = min(7, side if side % 2 else side - 1)
     return float(
@@ -83,6 +89,8 @@ def mse_matrix(originals: torch.Tensor, reconstructions: torch.Tensor) -> np.nda
 
 def _assign(cost: np.ndarray) -> np.ndarray:
     """Hungarian assignment on a ``(B, B')`` cost, B' ≤ B: original index per column."""
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(cost)
     matched = np.empty(cost.shape[1], dtype=np.int64)
     matched[cols] = rows
@@ -183,6 +191,8 @@ def match_scores(parts: Sequence[PairScores]) -> tuple[list[ImageScore], float |
     ]
     if equal is None:
         return scores, None
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(equal, maximize=True)
     return scores, float(equal[rows, cols].sum()) / len(equal)
 

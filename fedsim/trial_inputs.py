@@ -13,10 +13,10 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from flwr_datasets.partitioner import Partitioner
 from torch import nn
 
 from fedsim.data.partition import client_partitioner, partition_positions, train_test_split
@@ -24,6 +24,9 @@ from fedsim.data.source import DataError, ImageData, LoadOptions
 from fedsim.models.zoo import build_model
 from fedsim.registry import discover, instantiate_defence
 from fedsim.scenario import DataConfig, DefenceConfig, ModelConfig, Scenario
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 
 def derive_seed(*parts: object) -> int:

@@ -121,8 +121,8 @@ def test_deploy_is_a_flower_app_with_fedsims_components() -> None:
     flwr = config["tool"]["flwr"]["app"]
 
     assert flwr["components"] == {
-        "serverapp": "fedsim.deployment:server_app",
-        "clientapp": "fedsim.deployment:client_app",
+        "serverapp": "fedsim.deployment.server:server_app",
+        "clientapp": "fedsim.deployment.client:client_app",
     }
     assert set(flwr["config"]) == {"scenario", "run-dir"}
     assert (ROOT / flwr["config"]["scenario"]).is_file()

@@ -22,6 +22,9 @@ At the first layer ``f`` is the quadratic of eq. 6, solved by least squares.
 activation (``init = "least_squares"``) or from zero. Optional
 post-processing: total variation denoising (scikit-image's Chambolle, the
 paper's weight 0.15).
+
+SciPy's optimiser and scikit-image are imported when COPA runs: every process that
+discovers the plugins (each deployed ClientApp among them) imports this module.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.optimize import minimize
-from skimage.restoration import denoise_tv_chambolle
 
 from fedsim.analytic.banded import BandedCholesky, spatial_major
 from fedsim.analytic.chain import Layer
@@ -99,6 +100,8 @@ def pull_back_for(below: Layer) -> tuple[PullBack | None, str]:
 
 def copa_step(step: ConvStep, params: COPAParams) -> ConvResult:
     """Solve one conv layer as COPA does (eq. 6 at the first layer, eq. 5/7 above it)."""
+    from scipy.optimize import minimize
+
     if step.below is None:
         return least_squares_step(step)
     constraints = Constraints.of(step.op, step.z, step.grad_weight)
@@ -142,6 +145,8 @@ def copa_step(step: ConvStep, params: COPAParams) -> ConvResult:
 
 def tv_denoise(weight: float):
     """Chambolle total-variation denoising of ``(1, C, H, W)`` images in [0, 1]."""
+
+    from skimage.restoration import denoise_tv_chambolle
 
     def apply(images: torch.Tensor) -> torch.Tensor:
         image = images[0].permute(1, 2, 0).double().numpy()

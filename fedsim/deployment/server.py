@@ -1,25 +1,5 @@
-"""fedsim's ServerApp and ClientApp for Flower's deployment engine.
-
-``flwr run`` loads these two objects (see ``deploy/pyproject.toml``); a
-SuperLink runs the ServerApp, and each SuperNode, started with
-``--node-config "partition-id=N"``, runs the ClientApp for its own client.
-They are the same code that ``fedsim run`` drives in simulation, with the
-switches set for real machines: each node serves only its own partition, and
-reconstructions are scored on the clients (``on-client``), so no image leaves
-a client.
-
-Run config (``flwr run ... --run-config 'scenario="..." run-dir="..."'``):
-
-- ``scenario``: path of the scenario TOML file, read by the ServerApp;
-  relative paths start from the SuperLink's working directory.
-- ``run-dir``: run directory to create there (must not exist); empty: a new
-  directory under the scenario's ``output.dir``.
-
-The ServerApp runs every sweep point and writes the same run directory as
-``fedsim run``; its progress goes to Flower's log (``flwr run --stream`` or
-``flwr log``). Clients receive the scenario with each message and need only
-fedsim installed (and, for file datasets, the data under ``data.root``).
-"""
+"""The deployment engine's ServerApp: every sweep point of the run config's scenario,
+written to the same run directory as ``fedsim run`` (see :mod:`fedsim.deployment`)."""
 
 from __future__ import annotations
 
@@ -32,7 +12,6 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from fedsim.federation.client_app import make_client_app
 from fedsim.federation.nodes import DeployedNodes
 from fedsim.federation.progress import Event
 from fedsim.federation.scoring import ScoringMode
@@ -87,5 +66,3 @@ def _main(grid: Grid, context: Context) -> None:
 
 server_app = ServerApp()
 server_app.main()(_main)
-
-client_app = make_client_app(simulated=False)
