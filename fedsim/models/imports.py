@@ -11,6 +11,7 @@ a function, an assignment or an import; ``from x import *`` is followed into
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import sys
@@ -130,9 +131,11 @@ def defines_statically(module_name: str, attr: str, depth: int = 0) -> bool:
     )
 
 
+@functools.cache
 def import_model_class(path: str) -> type[nn.Module]:
     """Resolve ``"package.module:ClassName"`` to a ``nn.Module`` subclass, importing the
-    module only after the static check of the module docstring.
+    module only after the static check of the module docstring. Resolved once per
+    process (every client builds its model every round); failures are not cached.
 
     Raises:
         ValueError: a malformed path, a module that cannot be found or imported, or a

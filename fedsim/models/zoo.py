@@ -263,8 +263,12 @@ def build_model(
             on ``input_shape``, or whose output is not ``(B, num_classes)``; one line.
     """
     cls = model_class(name)
+    # Parameters are initialised on the CPU: seed (and restore) its generator only.
+    # torch.manual_seed would also seed every accelerator's, outside fork_rng's restore,
+    # and records a stack trace for lazy CUDA seeding on every call (a tenth of a
+    # client's round).
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         if name in ZOO_MODELS:  # their own errors are one line already
             options = zoo_options(
                 name, activation=activation, layers=layers, preset=preset,

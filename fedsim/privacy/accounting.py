@@ -28,6 +28,12 @@ class GaussianAccountant:
     A release with noise multiplier ``z`` is a Gaussian mechanism whose noise
     std is ``z`` times the L2 sensitivity of what is released. A release with
     ``z = 0`` (no noise) makes ε infinite from then on.
+
+    The state is the count of releases per noise multiplier; :meth:`epsilon` composes
+    each multiplier once with its count in a fresh Flower accountant (RDP composes
+    additively, so this is the same ε as one composition per release), which keeps
+    a client's per-round cost flat: restoring Flower's own state replays every
+    release ever made (a fifth of a client's round after 40 rounds).
     """
 
     def __init__(self, delta: float) -> None:
@@ -38,32 +44,36 @@ class GaussianAccountant:
             neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
             sampling_method=SamplingMethod.NO_AMPLIFICATION,
         )
-        self._rdp = RdpAccountant(self._config)
+        self._counts: dict[float, int] = {}
         self._noiseless = 0
 
     @property
     def releases(self) -> int:
         """Number of releases composed so far (noiseless ones included)."""
-        return self._rdp.num_releases + self._noiseless
+        return sum(self._counts.values()) + self._noiseless
 
     def release(self, noise_multiplier: float) -> None:
         """Compose one Gaussian release with this noise multiplier (≥ 0)."""
         if noise_multiplier <= 0:
             self._noiseless += 1
             return
-        self._rdp.compose(GaussianPrivacyEvent(noise_multiplier, 1, 1))
+        self._counts[noise_multiplier] = self._counts.get(noise_multiplier, 0) + 1
 
     def epsilon(self) -> float:
         """ε spent so far at :attr:`delta` (0 before any release, ``inf`` after a noiseless one)."""
         if self._noiseless:
             return math.inf
-        if self._rdp.num_releases == 0:
+        if not self._counts:
             return 0.0
-        return self._rdp.get_epsilon(self.delta)
+        rdp = RdpAccountant(self._config)
+        for noise_multiplier, count in self._counts.items():
+            rdp.compose(GaussianPrivacyEvent(noise_multiplier, 1, 1), count)
+        return rdp.get_epsilon(self.delta)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rdp": self._rdp.state_dict(), "noiseless": self._noiseless}
+        """JSON-serialisable: ``{"releases": [[z, count], ...], "noiseless": n}``."""
+        return {"releases": [[z, n] for z, n in self._counts.items()], "noiseless": self._noiseless}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rdp.load_state_dict(state["rdp"])
+        self._counts = {float(z): int(n) for z, n in state["releases"]}
         self._noiseless = int(state["noiseless"])
