@@ -99,6 +99,13 @@ def short_tmp() -> Iterator[Path]:
         yield Path(folder)
 
 
+def child_env(tmp: Path) -> dict[str, str]:
+    """The environment of a ``fedsim run`` child: temporary files under ``tmp``, and
+    Flower's telemetry off (its thread runs ``file`` on the interpreter, a child process
+    that would be counted among the run's own)."""
+    return {**os.environ, "TMPDIR": str(tmp), "FLWR_TELEMETRY_ENABLED": "0"}
+
+
 def start_long_run(
     folder: Path, backend: str
 ) -> tuple[subprocess.Popen[bytes], Path, list[psutil.Process]]:
@@ -117,7 +124,7 @@ def start_long_run(
         [sys.executable, "-m", "fedsim.cli", "run", str(source), "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "TMPDIR": str(folder)},
+        env=child_env(folder),
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and child.poll() is None:
@@ -229,7 +236,7 @@ def test_a_signal_during_any_sweep_point_stops_the_run_cleanly(short_tmp: Path) 
             [sys.executable, "-m", "fedsim.cli", "run", str(source), *where],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env={**os.environ, "TMPDIR": str(short_tmp)},
+            env=child_env(short_tmp),
         )
         wait_for_point(child, out, index, federating)
         assert psutil.Process(child.pid).children(recursive=True) == []
