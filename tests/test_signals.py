@@ -3,7 +3,7 @@ thread of its own and stops at its next step; the waiting thread gives up on it
 after a second signal; the ServerApp's grid stops a wait for replies.
 
 (A real ``fedsim run`` stopped by SIGINT and SIGTERM during each sweep point is in
-``test_failures.py``.)
+``test_signal_sweep.py``.)
 """
 
 from __future__ import annotations

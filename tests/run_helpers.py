@@ -1,0 +1,47 @@
+"""Helpers for the tests that run ``fedsim run`` on small scenarios, some in child
+processes: a tiny data section, a scenario file from a dict, a child's environment and
+the run directory's results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TINY = {
+    "seed": 0,
+    "device": "cpu",
+    "data": {"dataset": "digits", "image_size": 8, "max_samples": 200},
+}
+
+
+def scenario_toml(raw: dict[str, Any]) -> str:
+    """A scenario file for ``raw`` (plain tables, one level of nesting, [[attacks]])."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        return json.dumps(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in raw.items() if not isinstance(v, dict | list)]
+    for section, table in raw.items():
+        if isinstance(table, dict):
+            lines += [f"[{section}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    for attack in raw.get("attacks", []):
+        lines += ["[[attacks]]", *(f"{k} = {value(v)}" for k, v in attack.items())]
+    return "\n".join(lines) + "\n"
+
+
+def child_env(tmp: Path) -> dict[str, str]:
+    """The environment of a ``fedsim run`` child: temporary files under ``tmp``, and
+    Flower's telemetry off (its thread runs ``file`` on the interpreter, a child process
+    that would be counted among the run's own)."""
+    return {**os.environ, "TMPDIR": str(tmp), "FLWR_TELEMETRY_ENABLED": "0"}
+
+
+def read_run(out: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    results = json.loads((out / "results.json").read_text("utf-8"))
+    with (out / "metrics.csv").open(encoding="utf-8", newline="") as fh:
+        return results, list(csv.DictReader(fh))
