@@ -219,6 +219,9 @@ class ResultsStore:
         ``clients`` are the round's clients' measurements: the store keeps, per
         key, their mean (their maximum for ``epsilon`` and ``delta``, the worst
         case). ``aggregate`` is what the server's aggregate defence reported.
+        Written to disk with the round's accuracy, which the server records next (one
+        write per round: each rewrites the whole results.json), or with whatever the
+        trial records next.
         """
         summary = client_summary(clients)
         if not summary and not aggregate:
@@ -228,7 +231,6 @@ class ResultsStore:
                 self._trial(index).defences[server_round] = RoundDefences(
                     clients=summary, aggregate=aggregate
                 )
-                self._save()
 
     def add_client_failures(self, index: int, failures: Sequence[FailedClient]) -> None:
         """Record clients whose round failed (the round went on with the others)."""
