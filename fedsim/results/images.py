@@ -10,6 +10,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+_FONT_PX = 11  # grid.png: caption and title text height, pixels
+_PAD = 4  # grid.png: pixels between cells and around text
+
 
 def to_hwc_uint8(image: torch.Tensor) -> np.ndarray:
     """``(C, H, W)`` float in [0, 1] → ``(H, W)`` or ``(H, W, 3)`` uint8."""
@@ -68,10 +71,6 @@ def save_grid(rows: Sequence[dict[str, Any]], run_dir: Path, path: Path) -> None
                 at = (left + (cell_w - image.width) // 2, image_top + (cell_h - image.height) // 2)
                 canvas.paste(image, at)
     canvas.save(path)
-
-
-_FONT_PX = 11  # caption and title text height
-_PAD = 4  # pixels between cells and around text
 
 
 def _open(path: Path) -> Image.Image:
