@@ -44,15 +44,15 @@ def save_grid(rows: Sequence[dict[str, Any]], run_dir: Path, path: Path) -> None
         for row in rows
     ]  # fmt: skip
     shown = [image for row in cells for image, _ in row if image is not None]
-    cell_w = max([image.width for image in shown], default=_FONT_PX)
-    cell_h = max([image.height for image in shown], default=_FONT_PX)
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    captions = [int(scratch.textlength(text, font=font)) for row in cells for _, text in row]
+    cell_w = max([image.width for image in shown] + captions, default=_FONT_PX)
+    cell_h = max([image.height for image in shown], default=_FONT_PX)
     titles = [
         [int(v) for v in scratch.multiline_textbbox((0, 0), row["title"], font=font)]
         for row in rows
     ]
     title_w = max(box[2] for box in titles) + 2 * _PAD
-    cell_w = max(cell_w, *(int(scratch.textlength(t, font=font)) for r in cells for _, t in r))
     row_h = _FONT_PX + 2 * _PAD + cell_h + _PAD
     columns = max(len(row) for row in cells)
     canvas = Image.new("RGB", (title_w + columns * (cell_w + _PAD), len(rows) * row_h), "white")
