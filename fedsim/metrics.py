@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 PSNR_PEAK = 1.0
 PAPER_PEAK = 255.0
@@ -42,12 +43,18 @@ def psnr(true: np.ndarray, test: np.ndarray, peak: float = PSNR_PEAK) -> float:
     return psnr_from_mse(mse(true, test), peak)
 
 
+def ssim_window(height: int, width: int) -> int:
+    """The side of SSIM's square window for an image of that size: 7 (scikit-image's
+    default), or the largest odd side that fits a smaller image."""
+    side = min(height, width)
+    return min(7, side if side % 2 else side - 1)
+
+
 def ssim(true: np.ndarray, test: np.ndarray) -> float:
     """Structural similarity (scikit-image) of two ``(C, H, W)`` images in [0, 1]."""
     from skimage.metrics import structural_similarity
 
-    side = min(true.shape[-2:])
-    win = min(7, side if side % 2 else side - 1)
+    win = ssim_window(*true.shape[-2:])
     return float(
         structural_similarity(
             true.astype(np.float64),
@@ -76,15 +83,60 @@ class ImageScore:
         return asdict(self)
 
 
+PAIR_CHUNK = 1 << 22
+"""Most float64 values :func:`ssim_matrix` holds per intermediate (32 MiB): rows of
+originals are taken that many pair pixels at a time."""
+
+
 def mse_matrix(originals: torch.Tensor, reconstructions: torch.Tensor) -> np.ndarray:
     """``(B, B')`` mean squared error of every (original, reconstruction) pair.
 
     Args:
         originals: ``(B, C, H, W)``; reconstructions: ``(B', C, H, W)``, clamped to [0, 1].
     """
-    o = originals.detach().double().flatten(1).cpu().numpy()
-    r = reconstructions.detach().clamp(0, 1).double().flatten(1).cpu().numpy()
-    return ((o[:, None, :] - r[None, :, :]) ** 2).mean(axis=2)
+    o = originals.detach().double().flatten(1).cpu()
+    r = reconstructions.detach().clamp(0, 1).double().flatten(1).cpu()
+    return (
+        torch.cdist(o, r, compute_mode="donot_use_mm_for_euclid_dist")
+        .pow(2)
+        .div(o.shape[1])
+        .numpy()
+    )
+
+
+def ssim_matrix(originals: torch.Tensor, reconstructions: torch.Tensor) -> np.ndarray:
+    """``(B, B')`` SSIM of every (original, reconstruction) pair, equal to :func:`ssim`
+    (scikit-image's definition: a uniform window of :func:`ssim_window`, sample
+    covariances, K1 = 0.01, K2 = 0.03, data range 1, the mean over every window that
+    lies inside the image, then over channels), all pairs at once in float64.
+
+    Args:
+        originals: ``(B, C, H, W)``; reconstructions: ``(B', C, H, W)``, clamped to [0, 1].
+    """
+    x = originals.detach().double().cpu()
+    y = reconstructions.detach().clamp(0, 1).double().cpu()
+    batch, _, height, width = x.shape
+    win = ssim_window(height, width)
+    cov = win * win / (win * win - 1)
+    c1, c2 = 0.01**2, 0.03**2
+
+    def mean(images: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(images, win, stride=1)
+
+    ux, uy = mean(x), mean(y)
+    vx, vy = cov * (mean(x * x) - ux * ux), cov * (mean(y * y) - uy * uy)
+    out = np.empty((batch, len(y)), dtype=np.float64)
+    rows = max(1, PAIR_CHUNK // max(1, y.numel()))
+    for start in range(0, batch, rows):
+        part = slice(start, start + rows)
+        products = (x[part, None] * y[None]).flatten(0, 1)
+        uxy = mean(products).unflatten(0, (-1, len(y)))
+        mx, my = ux[part, None], uy[None]
+        covariance = cov * (uxy - mx * my)
+        numerator = (2 * mx * my + c1) * (2 * covariance + c2)
+        denominator = (mx * mx + my * my + c1) * (vx[part, None] + vy[None] + c2)
+        out[part] = (numerator / denominator).mean(dim=(-2, -1)).mean(dim=-1).numpy()
+    return out
 
 
 def _assign(cost: np.ndarray) -> np.ndarray:
@@ -146,11 +198,9 @@ def pair_scores(
             f"reconstruction shape {tuple(reconstructions.shape[1:])} differs from "
             f"original {tuple(originals.shape[1:])}"
         )
-    true = originals.detach().cpu().numpy()
-    test = reconstructions.detach().clamp(0, 1).cpu().numpy()
     return PairScores(
         mse=mse_matrix(originals, reconstructions),
-        ssim=np.array([[ssim(t, r) for r in test] for t in true], dtype=np.float64),
+        ssim=ssim_matrix(originals, reconstructions),
         label_equal=None
         if labels is None
         else (true_labels.cpu()[:, None] == labels.cpu()[None, :]).numpy(),

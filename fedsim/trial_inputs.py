@@ -173,6 +173,7 @@ class ModelFactory:
             seed=self.seed,
             output_activation=self.config.output_activation,
             negative_slope=self.config.negative_slope,
+            init=self.config.init,
         )
 
 

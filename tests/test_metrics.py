@@ -128,3 +128,23 @@ def test_psnr_from_the_pair_mse_matches_psnr_of_the_images() -> None:
     assert count is None and score.label_correct is None
     assert score.psnr == pytest.approx(psnr(x.astype(np.float32), y.astype(np.float32)))
     assert score.psnr == pytest.approx(psnr_from_mse(score.mse))
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 16, 16), (1, 6, 9), (3, 5, 5), (1, 4, 4)])
+def test_all_pairs_ssim_and_mse_equal_scikit_image_pair_by_pair(
+    shape: tuple[int, int, int],
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    originals = torch.rand(5, *shape, generator=generator)
+    # near copies of three originals (noisy, some pixels outside [0, 1]) and two others
+    noisy = originals[[1, 0, 2]] + 0.15 * torch.randn(3, *shape, generator=generator)
+    reconstructions = torch.cat([noisy, torch.rand(2, *shape, generator=generator)])
+    clamped = reconstructions.clamp(0, 1).numpy()
+
+    scores = pair_scores(originals, torch.zeros(5), reconstructions, None)
+
+    for i, original in enumerate(originals.numpy()):
+        for j, reconstruction in enumerate(clamped):
+            assert scores.ssim[i, j] == pytest.approx(ssim(original, reconstruction), abs=1e-12)
+            assert scores.mse[i, j] == pytest.approx(mse(original, reconstruction), abs=1e-12)
+    assert scores.ssim[1, 0] > scores.ssim[3, 0]  # the near copy scores higher

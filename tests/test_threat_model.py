@@ -21,7 +21,8 @@ from fedsim.inversion.gradient_matching import (
 from fedsim.metrics import psnr
 from fedsim.models.checkpoint import start_model
 from fedsim.models.zoo import build_model
-from fedsim.results.round_plots import round_rows, save_round_plots
+from fedsim.results.round_plots import save_round_plots
+from fedsim.results.rounds import round_rows
 from fedsim.results.schema import parse_results
 from fedsim.scenario import expand
 from fedsim.threat import DEFAULT_KNOWLEDGE, sok_class
@@ -207,13 +208,13 @@ def test_model_starts_from_checkpoint_then_pretrains(tmp_path: Path) -> None:
     torch.nn.init.constant_(saved.fc.bias, 0.25)
     torch.save(saved.state_dict(), tmp_path / "m.pt")
     config = trial.scenario.model.model_copy(update={"checkpoint": tmp_path / "m.pt"})
-    model, info = start_model(factory, config, data.test, seed=0)
+    model, info = start_model(factory, config, data.shards.train, seed=0)
     assert torch.equal(model.fc.bias, saved.fc.bias) and info["checkpoint"] == str(
         tmp_path / "m.pt"
     )
     before = accuracy_of(factory, data, factory().state_dict())
     config = config.model_copy(update={"checkpoint": None, "pretrain_epochs": 20})
-    model, info = start_model(factory, config, data.test, seed=0)
+    model, info = start_model(factory, config, data.shards.train, seed=0)
     after = accuracy_of(factory, data, model.state_dict())
     assert info["pretrained"]["epochs"] == 20
     assert after > before + 0.3, (before, after)

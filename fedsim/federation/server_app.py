@@ -217,7 +217,7 @@ def run_federation(
 
     with torch_threads(scenario.threads):
         model, start_info = start_model(
-            factory, scenario.model, data.test, derive_seed(scenario.seed, "pretrain")
+            factory, scenario.model, data.shards.train, derive_seed(scenario.seed, "pretrain")
         )
         store.set_trial_info(trial.index, "model_start", start_info)
         AttackedFedAvg(

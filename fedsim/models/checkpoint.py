@@ -2,11 +2,11 @@
 
 "Attack a trained model" needs no extra code: ``[model] checkpoint = "file.pt"``
 loads a state dict (``torch.load(..., weights_only=True)``: tensors only, no
-pickled code), and ``pretrain_epochs = N`` trains the model centrally on the
-held-out split for ``N`` epochs before round 1 (after the checkpoint, if both
-are given). The held-out split is also where test accuracy is measured, so
-accuracy after pre-training is measured on images the model has seen: it is
-optimistic, and the records say the model was pre-trained.
+pickled code), and ``pretrain_epochs = N`` trains the model centrally for ``N``
+epochs before round 1 (after the checkpoint, if both are given) on the clients'
+training split, all shards together: the model a federation that has trained on
+those images would hold. The held-out split, where test accuracy is measured, is
+never trained on.
 """
 
 from __future__ import annotations
@@ -88,13 +88,13 @@ def pretrain(
 
 
 def start_model(
-    factory: Callable[[], nn.Module], config: ModelConfig, holdout: ImageData, seed: int
+    factory: Callable[[], nn.Module], config: ModelConfig, train: ImageData, seed: int
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The global model of round 1 and a description of how it started (for the results).
 
     The seeded initialisation from ``factory``, then ``config.checkpoint`` if set,
     then ``config.pretrain_epochs`` epochs of SGD (lr ``config.pretrain_lr``, batches
-    of :data:`PRETRAIN_BATCH_SIZE`) on ``holdout``.
+    of :data:`PRETRAIN_BATCH_SIZE`) on ``train``, the clients' training split.
     """
     model = factory()
     info: dict[str, Any] = {"initialisation": "seeded"}
@@ -103,13 +103,13 @@ def start_model(
         info["checkpoint"] = str(config.checkpoint)
     if config.pretrain_epochs:
         loss = pretrain(
-            model, holdout, config.pretrain_epochs, PRETRAIN_BATCH_SIZE, config.pretrain_lr, seed
+            model, train, config.pretrain_epochs, PRETRAIN_BATCH_SIZE, config.pretrain_lr, seed
         )
         info["pretrained"] = {
             "epochs": config.pretrain_epochs,
             "lr": config.pretrain_lr,
-            "samples": len(holdout.labels),
+            "samples": len(train.labels),
             "last_epoch_loss": loss,
-            "on": "the held-out split (test accuracy is measured on the same images)",
+            "on": "the clients' training split, centrally (the test split is not used)",
         }
     return model, info

@@ -9,8 +9,8 @@ paths ``"pkg.module:Class"`` alike): ``Class(input_shape=(C, H, W), num_classes=
 are passed only to a constructor that names them as parameters (so a class taking
 neither still works); ``options`` are the scenario's ``[model] kwargs`` (an entry
 of the same name takes precedence), or, for the zoo models :data:`ZOO_MODELS`, the
-``[model]`` keys ``activation``, ``output_activation``, ``negative_slope`` and
-(``convnet``) ``layers``/``preset``. Construction runs under a seeded RNG, so the
+``[model]`` keys ``activation``, ``output_activation``, ``negative_slope``, ``init``
+and (``convnet``) ``layers``/``preset``. Construction runs under a seeded RNG, so the
 initial parameters depend only on the arguments.
 """
 
@@ -54,6 +54,22 @@ DEFAULT_CONVNET_LAYERS = tuple(CNN3_PRESETS["cnn3-1"])
 """``convnet``'s layers when built without any (a scenario always states them)."""
 
 
+INITIALISATIONS = ("dlg", "pytorch")
+"""Zoo models' ``init``: ``dlg``, every weight and bias from U(-0.5, 0.5) as in the DLG
+paper's demo (large weights: the optimisation attacks' setting, but slow or unstable
+training); ``pytorch``, each layer's own default (Kaiming-uniform scaled by fan-in),
+under which the models train well."""
+
+
+def initialise(model: nn.Module, init: str) -> None:
+    """Re-draw ``model``'s parameters by ``init`` (one of :data:`INITIALISATIONS`)."""
+    if init not in INITIALISATIONS:
+        raise ValueError(f"init must be one of {INITIALISATIONS}, got {init!r}")
+    if init == "dlg":
+        for parameter in model.parameters():
+            nn.init.uniform_(parameter, -0.5, 0.5)
+
+
 def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
     """An activation module by name; ``negative_slope`` applies to ``leaky_relu`` only."""
     if name == "leaky_relu":
@@ -71,7 +87,8 @@ def output_layers(output_activation: str, negative_slope: float) -> nn.Module | 
 class LeNet(nn.Module):
     """The LeNet variant of DLG (Zhu et al. 2019): three 5×5 convs (strides 2, 2, 1,
     padding 2) with 12 channels, an activation after each, and one linear layer.
-    Weights and biases are drawn from U(-0.5, 0.5) as in the paper's demo.
+    ``init`` (:data:`INITIALISATIONS`, default ``dlg``): weights and biases from
+    U(-0.5, 0.5) as in the paper's demo, or PyTorch's defaults.
 
     ``input_shape`` is ``(C, H, W)`` with H and W divisible by 4. ``output_activation``
     (default none) follows the head.
@@ -84,6 +101,7 @@ class LeNet(nn.Module):
         activation: str = "sigmoid",
         output_activation: str = "none",
         negative_slope: float = 0.01,
+        init: str = "dlg",
     ) -> None:
         super().__init__()
         in_channels, height, width = input_shape
@@ -98,8 +116,7 @@ class LeNet(nn.Module):
             make_activation(activation, negative_slope),
         )
         self.fc = nn.Linear(12 * (height // 4) * (width // 4), num_classes)
-        for parameter in self.parameters():
-            nn.init.uniform_(parameter, -0.5, 0.5)
+        initialise(self, init)
         self.out = output_layers(output_activation, negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +131,8 @@ class ConvNet(nn.Module):
     ``input_shape`` is ``(C, H, W)``; ``layers`` lists ``(kernel, out_channels, stride)``
     from the input upwards (default :data:`DEFAULT_CONVNET_LAYERS`); ``output_activation``
     (default none) follows the fully-connected layer, as in COPA's experiments (Tanh on
-    every layer; LeakyReLU convs with a Sigmoid output).
+    every layer; LeakyReLU convs with a Sigmoid output). ``init``: see
+    :data:`INITIALISATIONS` (default ``pytorch``).
     """
 
     def __init__(
@@ -125,6 +143,7 @@ class ConvNet(nn.Module):
         activation: str = "sigmoid",
         output_activation: str = "none",
         negative_slope: float = 0.01,
+        init: str = "pytorch",
     ) -> None:
         super().__init__()
         if not layers:
@@ -146,6 +165,7 @@ class ConvNet(nn.Module):
             channels = out_channels
         self.body = nn.Sequential(*modules)
         self.fc = nn.Linear(channels * height * width, num_classes)
+        initialise(self, init)
         self.out = output_layers(output_activation, negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,8 +192,10 @@ def zoo_options(
     preset: str | None,
     output_activation: str,
     negative_slope: float,
+    init: str | None = None,
 ) -> dict[str, Any]:
-    """The constructor options of zoo model ``name`` (one of :data:`ZOO_MODELS`).
+    """The constructor options of zoo model ``name`` (one of :data:`ZOO_MODELS`);
+    ``init`` ``None`` keeps the model's own default.
 
     Raises:
         ValueError: ``convnet`` with neither ``layers`` nor ``preset``.
@@ -183,6 +205,8 @@ def zoo_options(
         "output_activation": output_activation,
         "negative_slope": negative_slope,
     }
+    if init is not None:
+        options["init"] = init
     if name == "convnet":
         spec = CNN3_PRESETS[preset] if preset else layers
         if spec is None:
@@ -239,6 +263,7 @@ def build_model(
     seed: int = 0,
     output_activation: str = "none",
     negative_slope: float = 0.01,
+    init: str | None = None,
 ) -> nn.Module:
     """Build a model whose initial parameters depend only on the arguments.
 
@@ -256,6 +281,8 @@ def build_model(
         output_activation: ``"none"`` or an :data:`ACTIVATIONS` key applied to the
             logits (zoo models only).
         negative_slope: ``leaky_relu``'s slope for ``z < 0`` (zoo models only).
+        init: one of :data:`INITIALISATIONS`, ``None`` for the model's default (zoo
+            models only).
 
     Raises:
         ValueError: on an unknown model, a bad spec, a user model that cannot be
@@ -273,6 +300,7 @@ def build_model(
             options = zoo_options(
                 name, activation=activation, layers=layers, preset=preset,
                 output_activation=output_activation, negative_slope=negative_slope,
+                init=init,
             )  # fmt: skip
             model = cls(input_shape=input_shape, num_classes=num_classes, **options)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from fedsim.metrics import SUCCESS_PSNR
@@ -22,6 +23,10 @@ EXPLANATIONS = {
     "accuracy.png": "How well the global model learned: its test accuracy after each round "
     "(round 0 is the untrained model). A flat line at 1 / number of classes means it did not "
     "learn.",
+    "leakage_rounds.png": "Leakage as the model trains: each attack's PSNR, SSIM and labels "
+    "recovered (per image solid, as counts dotted) against the round it attacked, with the test "
+    "accuracy after each round dashed on the right axis. With several seeds, the mean and ± one "
+    "standard deviation.",
     "loss_curves.png": "How each attack's optimisation went: its objective (the distance "
     "between the gradient of its guess and the observed one) per step, log scale. A curve "
     "that drops by many orders of magnitude usually ends in a close copy; one that flattens "
@@ -57,4 +62,10 @@ def plots(embed: Embedder, results: RunResults, names: tuple[str, ...] | None) -
     chosen = [p for p in listed if (p.path in names if names is not None else p.path not in known)]
     if names is not None:
         chosen.sort(key=lambda p: names.index(p.path))
-    return [Figure(embed.image(p.path), p.title, EXPLANATIONS.get(p.path, "")) for p in chosen]
+    return [Figure(embed.image(p.path), p.title, explanation(p.path)) for p in chosen]
+
+
+def explanation(path: str) -> str:
+    """What the plot at ``path`` shows; one per sweep point (``leakage_rounds_t3.png``)
+    shares the explanation of its kind (``leakage_rounds.png``)."""
+    return EXPLANATIONS.get(path) or EXPLANATIONS.get(re.sub(r"_t\d+\.png$", ".png", path), "")

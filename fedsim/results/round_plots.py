@@ -1,18 +1,20 @@
-"""Leakage as the model trains: per round, each attack's mean PSNR beside the test accuracy.
+"""Leakage as the model trains: per round, each attack's PSNR, SSIM and label accuracy
+beside the model's test accuracy.
 
-- ``rounds.csv``: one row per (sweep point, round, attack) with the attack's mean
-  PSNR, SSIM and success rate over that round's records, and the model's test
-  accuracy after that round.
-- ``leakage_rounds.png`` (``leakage_rounds_t<i>.png`` per sweep point when there are
-  several): PSNR against the round, one line per attack, the test accuracy on a
-  second axis. Drawn when some attack ran at two rounds or more.
+``leakage_rounds.png`` (``leakage_rounds_t<i>.png`` per experiment when the sweep
+has several, ``i`` its first trial): one panel per measure (PSNR; SSIM and the
+labels when recorded: per matched image solid, as a multiset of counts dotted)
+against the round, one line per attack, the test accuracy
+after each round dashed on a second axis. Trials that differ only in a replicate key
+(``seed``, :data:`fedsim.results.sweep.REPLICATE_KEYS`) are one experiment: each
+point is their mean, bars and band ± one standard deviation, ``n`` in the title.
+Drawn when some attack ran at two rounds or more. ``rounds.csv`` holds the numbers
+per trial (:mod:`fedsim.results.rounds`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
+import itertools
 from itertools import cycle
 from pathlib import Path
 from typing import Any
@@ -21,80 +23,87 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes as MplAxes
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from fedsim.metrics import SUCCESS_PSNR
 from fedsim.results.colours import TAB10
-from fedsim.results.schema import Record, RunResults, TrialResult
+from fedsim.results.rounds import round_rows, rounds_csv
+from fedsim.results.schema import RunResults, TrialResult
 from fedsim.results.store import atomic_write
+from fedsim.results.sweep import mean_std, sweep_axes
 from fedsim.results.table import short_point
 
-ROUND_COLUMNS = ("trial", "round", "test_accuracy", "attack_index", "attack", "position",
-                 "records", "psnr", "ssim", "success")  # fmt: skip
+PANELS = (
+    (("psnr",), "PSNR of the reconstruction, dB (peak 1)"),
+    (("ssim",), "SSIM of the reconstruction"),
+    (("label_accuracy", "label_count_accuracy"), "labels recovered: per image —, counts ···"),
+)
+"""The panels drawn against the round: their ``rounds.csv`` columns (drawn solid, then
+dotted), axis label."""
+STYLES = ("-", ":")
 
 
-LEAKAGE = ("psnr", "ssim", "success")
+def _accuracy_axis(ax: MplAxes, trials: list[TrialResult]) -> None:
+    """The trials' mean test accuracy per round (± std band) on a second y axis."""
+    rounds = sorted({r for t in trials for r in t.accuracy if r > 0})
+    points = [(r, mean_std([t.accuracy.get(r) for t in trials])) for r in rounds]
+    drawn = [(r, stats) for r, stats in points if stats is not None]
+    if not drawn:
+        return
+    twin = ax.twinx()
+    xs = [r for r, _ in drawn]
+    means = [s[0] for _, s in drawn]
+    twin.plot(xs, means, color="black", linestyle="--", linewidth=1, label="test accuracy")
+    if any(s[2] > 1 for _, s in drawn):
+        low = [s[0] - s[1] for _, s in drawn]
+        high = [s[0] + s[1] for _, s in drawn]
+        twin.fill_between(xs, low, high, color="black", alpha=0.1, linewidth=0)
+    twin.set_ylabel("test accuracy after the round")
+    twin.set_ylim(0, 1)
+    ax.set_zorder(twin.get_zorder() + 1)  # the attacks' lines above the accuracy
+    ax.patch.set_visible(False)
 
 
-def _mean(values: list[float | None]) -> float | None:
-    finite = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
-
-
-def round_rows(results: RunResults) -> list[dict[str, Any]]:
-    """The rows of ``rounds.csv``: per (trial, round, attack) the mean leakage over the
-    scored records of that round, and the test accuracy after the round."""
-    groups: dict[tuple[int, int, int], list[Record]] = {}
-    for record in results.records:
-        if record.status == "ok" and record.metrics:
-            key = (record.trial, record.round, record.attack_index)
-            groups.setdefault(key, []).append(record)
-    accuracy = {t.index: t.accuracy for t in results.trials}
-    rows = []
-    for (trial, server_round, index), records in sorted(groups.items()):
-        rows.append({
-            "trial": trial,
-            "round": server_round,
-            "test_accuracy": accuracy.get(trial, {}).get(server_round),
-            "attack_index": index,
-            "attack": records[0].attack,
-            "position": records[0].position,
-            "records": len(records),
-            **{m: _mean([r.metrics.get(m) for r in records]) for m in LEAKAGE},
-        })  # fmt: skip
-    return rows
-
-
-def rounds_csv(results: RunResults) -> str:
-    """``rounds.csv``'s text: a header, then :func:`round_rows`."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=ROUND_COLUMNS)
-    writer.writeheader()
-    for row in round_rows(results):
-        writer.writerow({c: "" if row[c] is None else row[c] for c in ROUND_COLUMNS})
-    return out.getvalue()
-
-
-def _plot_trial(trial: TrialResult, rows: list[dict[str, Any]], title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+def _plot(trials: list[TrialResult], rows: list[dict[str, Any]], title: str, path: Path) -> None:
+    panels = [
+        (measures, label) for measures, label in PANELS
+        if any(r[m] is not None for r in rows for m in measures)
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
     attacks = sorted({(r["attack_index"], r["attack"], r["position"]) for r in rows})
-    for (index, attack, position), colour in zip(attacks, cycle(TAB10), strict=False):
-        mine = [r for r in rows if r["attack_index"] == index and r["psnr"] is not None]
-        ax.plot([r["round"] for r in mine], [r["psnr"] for r in mine], marker="o",
-                color=colour, label=f"{attack} ({position})")  # fmt: skip
-    ax.axhline(SUCCESS_PSNR, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("federated round (attack on the model the clients started from)")
-    ax.set_ylabel("PSNR of the reconstruction, dB (peak 1)")
-    accuracy = sorted(trial.accuracy.items())
-    if accuracy:
-        twin = ax.twinx()
-        twin.plot(*zip(*accuracy, strict=True), color="black", linestyle="--", linewidth=1,
-                  label="test accuracy")  # fmt: skip
-        twin.set_ylabel("test accuracy after the round")
-        twin.set_ylim(0, 1)
-        twin.legend(loc="lower right", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
+    colours = dict(zip(attacks, cycle(TAB10), strict=False))
+    for ax, (measures, label) in zip(axes[0], panels, strict=True):
+        styled = zip(measures, STYLES, strict=False)
+        for attack, (measure, style) in itertools.product(attacks, list(styled)):
+            mine = [r for r in rows if (r["attack_index"], r["attack"], r["position"]) == attack]
+            by_round: dict[int, list[Any]] = {}
+            for row in mine:
+                by_round.setdefault(row["round"], []).append(row[measure])
+            stats = [(n, mean_std(values)) for n, values in sorted(by_round.items())]
+            drawn = [(n, s) for n, s in stats if s is not None]
+            if not drawn:
+                continue
+            name = f"{attack[1]} ({attack[2]})" if style == STYLES[0] else None
+            ax.errorbar([n for n, _ in drawn], [s[0] for _, s in drawn],
+                        yerr=[s[1] for _, s in drawn], marker="o", capsize=3, linestyle=style,
+                        color=colours[attack], label=name)  # fmt: skip
+        if measures == ("psnr",):
+            ax.axhline(SUCCESS_PSNR, color="grey", linestyle=":", linewidth=1)
+        else:
+            ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("federated round (attack on the model the clients started from)")
+        ax.set_ylabel(label)
+        _accuracy_axis(ax, trials)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1))
+    labels.append("test accuracy (right axis)")
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+    fig.suptitle(title)
+    rows_of_legend = -(-len(labels) // 5)
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -103,18 +112,28 @@ def save_round_plots(results: RunResults, run_dir: Path) -> list[dict[str, str]]
     """Write ``rounds.csv`` and the leakage-vs-round PNGs; returns the plots written."""
     rows = round_rows(results)
     atomic_write(run_dir / "rounds.csv", rounds_csv(results))
-    trials = results.trials
+    axes = sweep_axes(results.trials)
+    experiments: dict[tuple[tuple[str, str], ...], list[TrialResult]] = {}
+    for trial in results.trials:
+        experiments.setdefault(axes.setting(trial.point), []).append(trial)
     plots = []
-    for trial in trials:
-        mine = [r for r in rows if r["trial"] == trial.index]
+    for trials in experiments.values():
+        indices = {t.index for t in trials}
+        mine = [r for r in rows if r["trial"] in indices]
         per_attack: dict[int, set[int]] = {}
         for row in mine:
             per_attack.setdefault(row["attack_index"], set()).add(row["round"])
         if max((len(r) for r in per_attack.values()), default=0) < 2:
             continue
-        name = "leakage_rounds.png" if len(trials) == 1 else f"leakage_rounds_t{trial.index}.png"
-        point = f" ({short_point(trial.point)})" if trial.point else ""
-        title = f"leakage vs round{point}"
-        _plot_trial(trial, mine, title, run_dir / name)
+        first = trials[0]
+        name = (
+            "leakage_rounds.png" if len(experiments) == 1
+            else f"leakage_rounds_t{first.index}.png"
+        )  # fmt: skip
+        setting = {k: v for k, v in first.point.items() if k != axes.replicate}
+        point = f" ({short_point(setting)})" if setting else ""
+        seeds = f", mean ± std over {len(trials)} {axes.replicate}s" if len(trials) > 1 else ""
+        title = f"leakage vs round{point}{seeds}"
+        _plot(trials, mine, title, run_dir / name)
         plots.append({"path": name, "title": title})
     return plots

@@ -21,19 +21,31 @@ from fedsim.results.schema import RunResults, TrialResult
 from fedsim.results.table import point_rows, summarise
 
 LEAKAGE_COLUMNS = ("attack", "attack_index", "position", "ok", "success", "psnr", "ssim", "mse",
-                   "mse_std", "label_accuracy", "epsilon")  # fmt: skip
+                   "mse_std", "label_accuracy", "label_count_accuracy", "epsilon")  # fmt: skip
 POINT_COLUMNS = ("test_accuracy", "epsilon_client", "epsilon_server", "delta", "client_noise_std",
                  "client_noise_ratio", "server_noise_std", "server_noise_ratio")  # fmt: skip
 
 
+REPLICATE_KEYS = ("seed",)
+"""Swept keys whose values are repetitions of one experiment, not a parameter: plots
+average over them (mean ± standard deviation) instead of drawing them as an axis."""
+
+
 @dataclass(frozen=True)
 class Axes:
-    """The swept keys of a run: ``x`` (the first numeric key that varies) and the
-    other keys that vary (``series``), in the order of the scenario's points."""
+    """The swept keys of a run, in the order of the scenario's points: ``x`` (of the
+    numeric keys that vary, replicates aside, the one with the most values; the
+    first of those), the other varying keys (``series``), and ``replicate`` (the
+    :data:`REPLICATE_KEYS` key that varies, if any)."""
 
     keys: tuple[str, ...]
     x: str | None
     series: tuple[str, ...]
+    replicate: str | None = None
+
+    def setting(self, point: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        """What identifies ``point``'s experiment: its swept values but the replicate's."""
+        return tuple((k, repr(point.get(k))) for k in self.keys if k != self.replicate)
 
 
 def sweep_axes(trials: list[TrialResult]) -> Axes:
@@ -42,9 +54,22 @@ def sweep_axes(trials: list[TrialResult]) -> Axes:
     for trial in trials:
         keys += [k for k in trial.point if k not in keys]
     varying = [k for k in keys if len({repr(t.point.get(k)) for t in trials}) > 1]
+    replicate = next((k for k in varying if k in REPLICATE_KEYS), None)
+    varying = [k for k in varying if k != replicate]
     numeric = [k for k in varying if all(_is_number(t.point.get(k)) for t in trials)]
-    x = numeric[0] if numeric else None
-    return Axes(tuple(keys), x, tuple(k for k in varying if k != x))
+    values = {k: len({repr(t.point.get(k)) for t in trials}) for k in numeric}
+    x = max(numeric, key=lambda k: values[k]) if numeric else None
+    return Axes(tuple(keys), x, tuple(k for k in varying if k != x), replicate)
+
+
+def mean_std(values: list[Any]) -> tuple[float, float, int] | None:
+    """Mean, population standard deviation and count of the finite numbers in
+    ``values``; ``None`` when there are none."""
+    finite = [float(v) for v in values if _is_number(v) and math.isfinite(v)]
+    if not finite:
+        return None
+    mean = sum(finite) / len(finite)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite)), len(finite)
 
 
 def _is_number(value: Any) -> bool:

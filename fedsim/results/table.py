@@ -88,7 +88,14 @@ def summarise(results: RunResults) -> list[dict[str, Any]]:
                     "success": _mean([r.metrics.get("success", 0.0) for r in mine]),
                     **{
                         m: _mean([r.metrics.get(m) for r in ok])
-                        for m in ("psnr", "psnr_255", "ssim", "mse", "label_accuracy")
+                        for m in (
+                            "psnr",
+                            "psnr_255",
+                            "ssim",
+                            "mse",
+                            "label_accuracy",
+                            "label_count_accuracy",
+                        )
                     },
                     "rel_perceptual_l1": _mean([r.metrics.get("rel_perceptual_l1") for r in ok]),
                     "mse_std": _std([r.metrics["mse"] for r in ok]),

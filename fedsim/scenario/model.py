@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedsim import registry
-from fedsim.models.zoo import ACTIVATIONS, CNN3_PRESETS, ZOO_MODELS
+from fedsim.models.zoo import ACTIVATIONS, CNN3_PRESETS, INITIALISATIONS, ZOO_MODELS
 from fedsim.scenario.errors import suggest
 from fedsim.threat import KNOWLEDGE, Knowledge, granted_knowledge, knowledge_key
 
@@ -69,8 +70,8 @@ class ModelConfig(Section):
     Every model is built as ``Class(input_shape=(C, H, W), num_classes=K, **kwargs)``
     (``input_shape`` and ``num_classes`` from the data, passed to a constructor that
     names them; see :mod:`fedsim.models.zoo`); the zoo models take ``activation``,
-    ``output_activation``, ``negative_slope`` and ``layers``/``preset`` instead of
-    ``kwargs``.
+    ``output_activation``, ``negative_slope``, ``init`` and ``layers``/``preset``
+    instead of ``kwargs``.
     """
 
     name: str = "lenet"
@@ -79,6 +80,11 @@ class ModelConfig(Section):
     preset: Literal[tuple(CNN3_PRESETS)] | None = None  # type: ignore[valid-type]
     output_activation: Literal[OUTPUT_ACTIVATIONS] = "none"  # type: ignore[valid-type]
     negative_slope: float = Field(0.01, gt=0.0, lt=1.0, description="leaky_relu slope for z < 0")
+    init: Literal[INITIALISATIONS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="zoo models: 'dlg' (U(-0.5, 0.5), lenet's default) or 'pytorch' (the "
+        "layers' defaults, convnet's; lenet trains to >95% with it, see docs/training.md)",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = Field(
         None, description="state dict to start from (torch.load with weights_only=True)"
@@ -111,6 +117,8 @@ class ModelConfig(Section):
             raise ValueError("convnet layers are (kernel, channels, stride), all ≥ 1")
         if self.name not in ZOO_MODELS and self.output_activation != "none":
             raise ValueError("output_activation applies to the zoo models (lenet, convnet) only")
+        if self.name not in ZOO_MODELS and self.init is not None:
+            raise ValueError("init applies to the zoo models (lenet, convnet) only")
         return self
 
 
@@ -164,6 +172,46 @@ class FederationConfig(Section):
         return self
 
 
+ROUND_RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*(?::\s*(\d+)\s*)?)?")
+"""One part of a round selection: ``7``, ``1-50`` (every round) or ``1-50:5`` (every 5th)."""
+
+
+def parse_rounds(spec: str | int | list[int | str]) -> list[int]:
+    """Rounds from a selection: an int, a string of comma-separated parts ``a``,
+    ``a-b`` or ``a-b:s`` (``a, a+s, … ≤ b``; ``"1-50:5"`` is 1, 6, …, 46 and
+    ``"1,2,5-50:5"`` is 1, 2, 5, 10, …, 50), or a list of ints and such strings.
+
+    Returns:
+        The rounds, sorted, each once.
+
+    Raises:
+        ValueError: a part that is not of that form, or a range that ends before it
+            starts or has step 0.
+    """
+    items = spec if isinstance(spec, list) else [spec]
+    rounds: set[int] = set()
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"a round must be a number or a range, got {item!r}")
+        if isinstance(item, int):
+            rounds.add(item)
+            continue
+        if not isinstance(item, str):
+            raise ValueError(f"a round must be a number or a range, got {item!r}")
+        for part in item.split(","):
+            match = ROUND_RANGE.fullmatch(part)
+            if match is None:
+                raise ValueError(f"{part.strip()!r} is not a round, 'a-b' or 'a-b:step'")
+            first, last, step = match.groups()
+            start = int(first)
+            stop = int(last) if last is not None else start
+            stride = int(step) if step is not None else 1
+            if stop < start or stride < 1:
+                raise ValueError(f"{part.strip()!r} selects no rounds")
+            rounds.update(range(start, stop + 1, stride))
+    return sorted(rounds)
+
+
 class AttackConfig(Section):
     """One attacker: a plugin, its position, what it targets, what it knows (``knows_*``,
     unset: the position's default, :data:`fedsim.threat.DEFAULT_KNOWLEDGE`), and its
@@ -171,7 +219,11 @@ class AttackConfig(Section):
 
     name: str
     position: Literal["server", "participant"] = "server"
-    rounds: list[int] | None = Field(None, description="rounds to attack (default: all)")
+    rounds: list[int] | None = Field(
+        None,
+        description="rounds to attack (default: all): a list, or ranges such as '1-50:5' "
+        "or '1,2,5-50:5' (see parse_rounds)",
+    )
     max_clients: int = Field(1, ge=1, description="uploads attacked per round (server)")
     clients: list[int] | None = Field(
         None, min_length=1, description="partition ids to attack when sampled (default: any)"
@@ -187,6 +239,11 @@ class AttackConfig(Section):
     knows_local_hyperparameters: bool | None = None
     knows_model: bool | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("rounds", mode="before")
+    @classmethod
+    def _round_selection(cls, value: Any) -> Any:
+        return None if value is None else parse_rounds(value)
 
     @property
     def knowledge(self) -> frozenset[Knowledge]:
