@@ -1,6 +1,6 @@
 """Helpers for the tests that run ``fedsim run`` on small scenarios, some in child
-processes: a tiny data section, a scenario file from a dict, a child's environment and
-the run directory's results."""
+processes: a tiny data section, a scenario file from a dict, a child's environment,
+the run directory's results, and a shipped scenario run in-process."""
 
 from __future__ import annotations
 
@@ -45,3 +45,22 @@ def read_run(out: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
     results = json.loads((out / "results.json").read_text("utf-8"))
     with (out / "metrics.csv").open(encoding="utf-8", newline="") as fh:
         return results, list(csv.DictReader(fh))
+
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+"""The shipped scenario files."""
+
+
+def run_shipped(name: str, out: Path, *overrides: str) -> dict[str, Any]:
+    """Run ``scenarios/<name>`` in this process with ``--set`` ``overrides`` into ``out``;
+    returns its ``results.json``."""
+    from fedsim.cli import main
+
+    args = [a for override in overrides for a in ("--set", override)]
+    assert main(["run", str(SCENARIOS / name), "--out", str(out), *args]) == 0
+    return dict(json.loads((out / "results.json").read_text("utf-8")))
+
+
+def accuracy_curve(results: dict[str, Any], trial: int = 0) -> dict[int, float]:
+    """A trial's test accuracy by round (0: before round 1)."""
+    return {int(r): a for r, a in results["trials"][trial]["accuracy"].items()}

@@ -132,7 +132,8 @@ def save_round_plots(results: RunResults, run_dir: Path) -> list[dict[str, str]]
         )  # fmt: skip
         setting = {k: v for k, v in first.point.items() if k != axes.replicate}
         point = f" ({short_point(setting)})" if setting else ""
-        seeds = f", mean ± std over {len(trials)} {axes.replicate}s" if len(trials) > 1 else ""
+        repeats = f"{axes.replicate or 'run'}s"  # identical points repeat a run too
+        seeds = f", mean ± std over {len(trials)} {repeats}" if len(trials) > 1 else ""
         title = f"leakage vs round{point}{seeds}"
         _plot(trials, mine, title, run_dir / name)
         plots.append({"path": name, "title": title})

@@ -142,6 +142,10 @@ class RacecarConfig(Section):
         return value
 
 
+MAX_ROUNDS = 100_000
+"""The most rounds a federation may run."""
+
+
 class FederationConfig(Section):
     """The Flower federation: clients, rounds and local training.
 
@@ -151,7 +155,7 @@ class FederationConfig(Section):
 
     num_clients: int = Field(4, ge=1, le=1_000_000)
     clients_per_round: int = Field(1, ge=1)
-    rounds: int = Field(1, ge=1, le=100_000)
+    rounds: int = Field(1, ge=1, le=MAX_ROUNDS)
     protocol: Literal["fedsgd", "fedavg"] = "fedsgd"
     batch_size: int = Field(1, ge=1)
     lr: float = Field(0.1, gt=0.0)
@@ -185,8 +189,8 @@ def parse_rounds(spec: str | int | list[int | str]) -> list[int]:
         The rounds, sorted, each once.
 
     Raises:
-        ValueError: a part that is not of that form, or a range that ends before it
-            starts or has step 0.
+        ValueError: a part that is not of that form, a range that ends before it
+            starts or has step 0, or a round beyond :data:`MAX_ROUNDS`.
     """
     items = spec if isinstance(spec, list) else [spec]
     rounds: set[int] = set()
@@ -208,6 +212,8 @@ def parse_rounds(spec: str | int | list[int | str]) -> list[int]:
             stride = int(step) if step is not None else 1
             if stop < start or stride < 1:
                 raise ValueError(f"{part.strip()!r} selects no rounds")
+            if stop > MAX_ROUNDS:
+                raise ValueError(f"{part.strip()!r} goes beyond round {MAX_ROUNDS:,}")
             rounds.update(range(start, stop + 1, stride))
     return sorted(rounds)
 
