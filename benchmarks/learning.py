@@ -35,6 +35,12 @@ SETTINGS: dict[str, dict[str, object]] = {
     "dirichlet-e1-b8": {"data.partition": "dirichlet"},
     "iid-e1-b32": {"federation.batch_size": 32},
     "dirichlet-e1-b32": {"data.partition": "dirichlet", "federation.batch_size": 32},
+    "iid-e1-b32-lr0.15": {"federation.batch_size": 32, "federation.lr": 0.15},
+    "dirichlet-e1-b32-lr0.15": {
+        "data.partition": "dirichlet",
+        "federation.batch_size": 32,
+        "federation.lr": 0.15,
+    },
     "iid-e1-b32-lr0.2": {"federation.batch_size": 32, "federation.lr": 0.2},
     "dirichlet-e1-b32-lr0.2": {
         "data.partition": "dirichlet",
