@@ -111,7 +111,7 @@ def _plot(trials: list[TrialResult], rows: list[dict[str, Any]], title: str, pat
 def save_round_plots(results: RunResults, run_dir: Path) -> list[dict[str, str]]:
     """Write ``rounds.csv`` and the leakage-vs-round PNGs; returns the plots written."""
     rows = round_rows(results)
-    atomic_write(run_dir / "rounds.csv", rounds_csv(results))
+    atomic_write(run_dir / "rounds.csv", rounds_csv(rows))
     axes = sweep_axes(results.trials)
     experiments: dict[tuple[tuple[str, str], ...], list[TrialResult]] = {}
     for trial in results.trials:

@@ -47,11 +47,11 @@ def round_rows(results: RunResults) -> list[dict[str, Any]]:
     return rows
 
 
-def rounds_csv(results: RunResults) -> str:
-    """``rounds.csv``'s text: a header, then :func:`round_rows`."""
+def rounds_csv(rows: list[dict[str, Any]]) -> str:
+    """``rounds.csv``'s text: a header, then ``rows`` (:func:`round_rows`)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=ROUND_COLUMNS)
     writer.writeheader()
-    for row in round_rows(results):
+    for row in rows:
         writer.writerow({c: "" if row[c] is None else row[c] for c in ROUND_COLUMNS})
     return out.getvalue()

@@ -53,11 +53,11 @@ def sweep_axes(trials: list[TrialResult]) -> Axes:
     keys: list[str] = []
     for trial in trials:
         keys += [k for k in trial.point if k not in keys]
-    varying = [k for k in keys if len({repr(t.point.get(k)) for t in trials}) > 1]
+    values = {k: len({repr(t.point.get(k)) for t in trials}) for k in keys}
+    varying = [k for k in keys if values[k] > 1]
     replicate = next((k for k in varying if k in REPLICATE_KEYS), None)
     varying = [k for k in varying if k != replicate]
     numeric = [k for k in varying if all(_is_number(t.point.get(k)) for t in trials)]
-    values = {k: len({repr(t.point.get(k)) for t in trials}) for k in numeric}
     x = max(numeric, key=lambda k: values[k]) if numeric else None
     return Axes(tuple(keys), x, tuple(k for k in varying if k != x), replicate)
 
