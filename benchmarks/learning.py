@@ -30,7 +30,7 @@ from rich.table import Table
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "learning.toml"
 TARGET = 0.95
 SETTINGS: dict[str, dict[str, object]] = {
-    # name: overrides of the scenario (partition, local epochs, batch size, lr)
+    # name: overrides of the scenario (partition, local epochs, batch size, lr, FedAvgM)
     "iid-e1-b8": {},
     "dirichlet-e1-b8": {"data.partition": "dirichlet"},
     "iid-e1-b32": {"federation.batch_size": 32},
@@ -46,6 +46,12 @@ SETTINGS: dict[str, dict[str, object]] = {
         "data.partition": "dirichlet",
         "federation.batch_size": 32,
         "federation.lr": 0.2,
+    },
+    "iid-e1-b32-m0.7": {"federation.batch_size": 32, "federation.server_momentum": 0.7},
+    "dirichlet-e1-b32-m0.7": {
+        "data.partition": "dirichlet",
+        "federation.batch_size": 32,
+        "federation.server_momentum": 0.7,
     },
     "iid-e5-b8": {"federation.local_epochs": 5, "federation.lr": 0.05},
     "dirichlet-e5-b8": {

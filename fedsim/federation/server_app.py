@@ -6,7 +6,8 @@ route them to nodes, remember the parameters they start from) and
 ``aggregate_train`` (record failed and timed-out clients and what the
 replies carried, split ground truth off every reply, average the uploads —
 or let the scenario's ``aggregate``-stage defence combine them — apply the
-result, and hand the round to the :class:`~fedsim.federation.observer.RoundAttacker`).
+result (:class:`~fedsim.federation.server_step.ServerStep`), and hand the
+round to the :class:`~fedsim.federation.observer.RoundAttacker`).
 
 :func:`run_federation` runs one trial on a Flower ``Grid``; the ServerApps of
 the simulation (``runner.py``) and of the deployment engine (``deployment.py``)
@@ -34,6 +35,7 @@ from fedsim.federation.observer import RoundAttacker
 from fedsim.federation.progress import ClientsFailed, Progress, RoundDone
 from fedsim.federation.protocol import Addressee, TrainInstruction, TrainReply
 from fedsim.federation.scoring import OnClientScorer, Scorer, ScoringMode, SharedTruthScorer
+from fedsim.federation.server_step import ServerStep
 from fedsim.federation.threads import torch_threads
 from fedsim.models.checkpoint import start_model
 from fedsim.privacy.noise import NoiseSource
@@ -80,6 +82,7 @@ class AttackedFedAvg(FedAvg):
         self.failures, self.report_sent, self.share_truth = failures, sent, share_truth
         self.scenario_json = scenario.model_dump_json()
         self.aggregation = ServerAggregation(scenario, noise)
+        self.server_step = ServerStep(fed.protocol, fed.lr, fed.server_momentum)
         self._start: Update = {}
         self._sent: dict[int, int] = {}
         self._client_state: dict[int, dict[str, Any]] = {}
@@ -124,11 +127,7 @@ class AttackedFedAvg(FedAvg):
         aggregate, aggregate_measurements = self.aggregation(
             server_round, [u.update for u in uploads], [u.num_examples for u in uploads]
         )
-        fed = self.scenario.federation
-        step = -fed.lr if fed.protocol == "fedsgd" else 1.0
-        new_state = {
-            k: v + step * aggregate[k] if k in aggregate else v for k, v in self._start.items()
-        }
+        new_state = self.server_step(self._start, aggregate)
         self.attacker.on_round(
             server_round, self._start, uploads, aggregate, aggregate_measurements
         )

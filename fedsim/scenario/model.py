@@ -160,6 +160,13 @@ class FederationConfig(Section):
     batch_size: int = Field(1, ge=1)
     lr: float = Field(0.1, gt=0.0)
     local_epochs: int = Field(1, ge=1)
+    server_momentum: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="FedAvgM (Hsu et al. 2019): momentum of the server's SGD on the averaged "
+        "update; 0 applies the average as it is",
+    )
     round_timeout: float = Field(
         3600.0, gt=0.0, description="seconds the server waits for a round's replies"
     )
