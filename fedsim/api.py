@@ -32,6 +32,9 @@ in their own modules:
   :func:`~fedsim.inversion.analytic_attack.reconstruct_analytically` (closed-form
   layer-by-layer inversion of one sample);
 - :mod:`fedsim.analytic`: the closed-form layer inversion and rank analysis itself;
+- :mod:`fedsim.training.local`: :func:`~fedsim.training.local.train_locally` (a
+  client's FedSGD/FedAvg training, with the objective and a gradient hook of a
+  ``training``-stage defence's choosing);
 - :mod:`fedsim.privacy.noise`: clipping, Gaussian noise and averaging of updates;
 - :mod:`fedsim.privacy.accounting`: the Gaussian mechanism's privacy accountant.
 """

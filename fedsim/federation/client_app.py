@@ -26,7 +26,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedsim.api import LocalTraining, TrainingResult
+from fedsim.api import LocalTraining
 from fedsim.federation import protocol
 from fedsim.federation.defence_stages import ClientDefences
 from fedsim.federation.protocol import (
@@ -43,7 +43,8 @@ from fedsim.metrics import pair_scores
 from fedsim.models.allowed import check_allowed
 from fedsim.privacy.noise import ENGINE_NOISE, NoiseSource, noise_generator
 from fedsim.scenario import Scenario
-from fedsim.training.objective import Objective, training_objective
+from fedsim.training.local import fedsgd_positions, train_locally
+from fedsim.training.objective import training_objective
 from fedsim.trial_inputs import derive_seed, federated_data, model_factory
 
 
@@ -52,46 +53,6 @@ def round_generator(scenario: Scenario, partition_id: int, server_round: int) ->
     return torch.Generator().manual_seed(
         derive_seed(scenario.seed, "batch", server_round, partition_id)
     )
-
-
-def fedsgd_positions(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Positions of a FedSGD batch among a shard of ``n`` samples (draws from ``generator``).
-
-    Raises:
-        ValueError: ``batch_size`` exceeds ``n``.
-    """
-    if batch_size > n:
-        raise ValueError(f"batch_size {batch_size} exceeds the client's {n} samples")
-    return torch.randperm(n, generator=generator)[:batch_size]
-
-
-def _fedsgd(task: LocalTraining, objective: Objective) -> TrainingResult:
-    idx = fedsgd_positions(len(task.labels), task.batch_size, task.generator)
-    x, y = task.images[idx], task.labels[idx]
-    loss = objective(x, y)
-    names, params = zip(*task.model.named_parameters(), strict=True)
-    grads = torch.autograd.grad(loss, params)
-    gradient = {n: g.detach() for n, g in zip(names, grads, strict=True)}
-    return TrainingResult(gradient, loss.item(), 1, (x, y), len(y))
-
-
-def _fedavg(task: LocalTraining, objective: Objective) -> TrainingResult:
-    model, x, y = task.model, task.images, task.labels
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=task.lr)
-    steps, loss_sum = 0, 0.0
-    for _ in range(task.epochs):
-        order = torch.randperm(len(y), generator=task.generator)
-        for start in range(0, len(y), task.batch_size):
-            idx = order[start : start + task.batch_size]
-            optimizer.zero_grad()
-            loss = objective(x[idx], y[idx])
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            loss_sum += loss.item()
-    delta = {n: p.detach() - before[n] for n, p in model.named_parameters()}
-    return TrainingResult(delta, loss_sum / steps, steps, (x, y), len(y))
 
 
 def training_batch(
@@ -150,7 +111,7 @@ def local_update(
         reports.append(defences.report(trainer, result.measurements))
     else:
         objective = training_objective(fed, model, data.input_shape)
-        result = (_fedsgd if fed.protocol == "fedsgd" else _fedavg)(task, objective)
+        result = train_locally(task, objective)
     x, y = result.batch
     update, measured = defences.defend_upload(result.update, server_round, partition_id)
     if defence_state is not None:

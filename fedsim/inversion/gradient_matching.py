@@ -170,6 +170,9 @@ class MatchConfig:
             for one sample exactly the true class). Needs a linear head with
             ``num_classes`` outputs among the matched parameters.
         label_boost: logit added to the classes ``gradient_sign`` picks.
+        ignored: names of parameters left out of the distance although the target holds
+            them (an attack that ignores a defended layer); every other parameter named in
+            the target is matched. ``label_init`` still reads the head's target gradient.
         unroll: ``None`` matches the dummy batch's gradient to the target (FedSGD, or a
             FedAvg delta treated as a gradient). A :class:`LocalSGD` matches instead the
             simulated local training's pseudo-gradient ``(θ₀ − θ_T) / (lr · T)`` (the
@@ -203,6 +206,7 @@ class MatchConfig:
     line_search: Literal["strong_wolfe"] | None = None
     label_init: LabelInit = "random"
     label_boost: float = 5.0
+    ignored: frozenset[str] = frozenset()
     unroll: LocalSGD | None = None
     conv_backend: ConvBackend = "default"
 
@@ -480,7 +484,7 @@ def match_gradients(
         model: the model under attack, carrying the parameters the client
             started from. Its parameters are not modified.
         target: the observed gradient, keyed by parameter name; only parameters
-            named here are matched.
+            named here and not in ``config.ignored`` are matched.
         input_shape: ``(C, H, W)`` of one image.
         batch_size: number of images to reconstruct.
         num_classes: size of the label space.
@@ -496,8 +500,9 @@ def match_gradients(
             gradient is then that of cross-entropy + regulariser, like the upload.
 
     Raises:
-        KeyError: ``target`` names a parameter the model lacks.
-        ValueError: ``label_init="gradient_sign"`` without a usable head gradient.
+        KeyError: ``target`` or ``config.ignored`` names a parameter the model lacks.
+        ValueError: ``label_init="gradient_sign"`` without a usable head gradient, or
+            ``config.ignored`` leaves no parameter of ``target`` to match.
     """
     backend = config.conv_backend
     evaluations = 0
@@ -539,7 +544,12 @@ def _matched(model: nn.Module, target: Mapping[str, torch.Tensor], config: Match
     unknown = sorted(set(target) - set(named))
     if unknown:
         raise KeyError(f"update names parameters the model lacks: {unknown}")
-    names = [n for n in named if n in target]
+    unknown = sorted(config.ignored - set(named))
+    if unknown:
+        raise KeyError(f"ignored names parameters the model lacks: {unknown}")
+    names = [n for n in named if n in target and n not in config.ignored]
+    if not names:
+        raise ValueError("every parameter of the update is ignored: nothing left to match")
     params: list[torch.Tensor] = [named[n] for n in names]
     targets = [target[n].to(device=params[0].device, dtype=params[0].dtype) for n in names]
     make_distance = (

@@ -9,17 +9,21 @@ Gradients): a subclass (``MatchingAttack[DLGParams]``, its parameters a
 ``observation.batch_size`` images of ``observation.input_shape`` with pixel values
 in [0, 1] (a :class:`~fedsim.api.Reconstruction`), from the update read as a
 gradient (a FedAvg weight delta as ``-delta / (lr · steps)``, or through the
-simulated local SGD steps, :func:`local_sgd`).
+simulated local SGD steps, :func:`local_sgd`). ``ignore_layers`` leaves chosen
+parameters out of the matching objective (:func:`ignored_parameters`): the adaptive
+answer to a defence that perturbs one layer's gradient only (Soteria).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from fedsim.api import Attack, AttackParams, Knowledge, Observation, Reconstruction, UpdateKind
 from fedsim.inversion.gradient_matching import LocalSGD, MatchConfig, match_gradients
@@ -62,10 +66,21 @@ class MatchingParams(AttackParams):
         description="FedAvg deltas: matched as the gradient -delta/(lr*steps), or 'unrolled' "
         "(the client's local SGD steps simulated on the dummy data)",
     )
+    ignore_layers: list[str] = Field(
+        default_factory=list,
+        description="parameters left out of the matching objective: a parameter's name "
+        "('fc.weight') or a module's ('fc': all its parameters), e.g. the layer a defence "
+        "perturbs (soteria); a name matching no parameter is refused. Label recovery "
+        "(iDLG's rule, DLG's gradient_sign start) still reads the head's gradient",
+    )
 
     def budget(self) -> dict[str, Any]:
         """The budget fields as :class:`MatchConfig` keyword arguments."""
-        return self.model_dump(include=set(MatchingParams.model_fields) - {"fedavg_objective"})
+        return self.model_dump(include=set(MatchingParams.model_fields) - NOT_BUDGET)
+
+
+NOT_BUDGET = frozenset({"fedavg_objective", "ignore_layers"})
+"""The :class:`MatchingParams` fields that :func:`reconstruct_by_matching` applies itself."""
 
 
 MP = TypeVar("MP", bound=MatchingParams)
@@ -102,8 +117,9 @@ class MatchingAttack(Attack[MP]):
         elif labels is None:
             source = "optimised jointly with the images"
         result = reconstruct_by_matching(
-            observation, self.match_config(observation), labels, self.params.fedavg_objective
-        )
+            observation, self.match_config(observation), labels, self.params.fedavg_objective,
+            self.params.ignore_layers,
+        )  # fmt: skip
         result.diagnostics["label_source"] = source
         return result
 
@@ -121,6 +137,30 @@ def local_sgd(observation: Observation) -> LocalSGD:
     )
 
 
+def ignored_parameters(model: nn.Module, ignore_layers: Sequence[str]) -> frozenset[str]:
+    """The names of ``model``'s parameters that ``ignore_layers`` selects.
+
+    Each entry is a parameter name (``fc.weight``) or a module name (``fc``, ``body.0``),
+    which selects every parameter under that module (``name == entry`` or
+    ``name.startswith(entry + ".")``, so ``body.1`` does not select ``body.10.weight``).
+
+    Raises:
+        ValueError: an entry selects no parameter (the message lists the model's modules).
+    """
+    names = [name for name, _ in model.named_parameters()]
+    selected: set[str] = set()
+    for entry in ignore_layers:
+        matches = {n for n in names if n == entry or n.startswith(entry + ".")}
+        if not matches:
+            modules = sorted({n.rpartition(".")[0] for n in names} - {""})
+            raise ValueError(
+                f"ignore_layers: {entry!r} names no parameter or module of the model "
+                f"(its modules with parameters: {', '.join(modules)})"
+            )
+        selected |= matches
+    return frozenset(selected)
+
+
 DELTA_AS_GRADIENT = "weight delta treated as gradient: -delta / (lr * steps)"
 
 
@@ -129,6 +169,7 @@ def reconstruct_by_matching(
     config: MatchConfig,
     labels: torch.Tensor | None = None,
     fedavg_objective: FedAvgObjective = "delta_as_gradient",
+    ignore_layers: Sequence[str] = (),
 ) -> Reconstruction:
     """Run :func:`match_gradients` on ``observation`` and wrap the result.
 
@@ -139,7 +180,11 @@ def reconstruct_by_matching(
     says which in ``diagnostics.gradient_source``. When the observation carries
     the clients' :attr:`~Observation.training_regulariser`, the simulated gradient
     includes it (not yet in the unrolled objective, which then says so as
-    ``unsupported``).
+    ``unsupported``). The parameters ``ignore_layers`` selects
+    (:func:`ignored_parameters`) are left out of the objective, in every one of these
+    forms (listed as ``ignored_parameters`` in the diagnostics); an entry that selects
+    no parameter, or entries that leave nothing to match, make the result
+    ``unsupported`` with the reason.
     """
     local = local_sgd(observation) if observation.kind == "delta" else None
     known = observation.training_regulariser
@@ -151,6 +196,15 @@ def reconstruct_by_matching(
             )
         config = dataclasses.replace(config, unroll=local)
     model = observation.model()
+    try:
+        ignored = config.ignored | ignored_parameters(model, ignore_layers)
+    except ValueError as exc:
+        return Reconstruction.unsupported(str(exc))
+    if ignored >= set(observation.update):
+        return Reconstruction.unsupported(
+            f"ignore_layers {list(ignore_layers)} leaves no parameter of the update to match"
+        )
+    config = dataclasses.replace(config, ignored=ignored)
     result = match_gradients(
         model, observation.gradient_estimate(),
         input_shape=observation.input_shape, batch_size=observation.batch_size,
@@ -162,6 +216,8 @@ def reconstruct_by_matching(
         diagnostics["training_loss"] = "cross-entropy + the clients' regulariser (known)"
     if labels is not None:
         diagnostics["recovered_labels"] = labels.tolist()
+    if config.ignored:
+        diagnostics["ignored_parameters"] = sorted(config.ignored)
     if config.unroll is not None:
         diagnostics["gradient_source"] = (
             f"weight delta matched by unrolling {config.unroll.steps} local SGD steps "

@@ -1,1 +1,2 @@
-"""Clients' local training regimes beyond plain cross-entropy (racecar training)."""
+"""Clients' local training: the loop (:mod:`~fedsim.training.local`), its objective,
+racecar training."""

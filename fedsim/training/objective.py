@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fedsim.scenario import FederationConfig
+from fedsim.training.local import Objective
 from fedsim.training.racecar import RacecarRegulariser, RacecarTerm
-
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(images (B, C, H, W), labels (B,))`` → the scalar loss of the batch."""
 
 
 def training_objective(
