@@ -5,7 +5,8 @@ attacker at a given position may see in one federated round — and returns a
 :class:`Reconstruction`. A *defence* (:class:`Defence`) declares the :data:`Stage`
 it acts at — a client's upload before it leaves the client, the client's training
 itself (DP-SGD, given a :class:`LocalTraining`, returning a :class:`TrainingResult`),
-or the server's aggregate (central DP) — transforms what passes there and reports
+the server's aggregate (central DP), or the exchange itself (secure aggregation,
+described by a :class:`SecureAggregation`) — transforms what passes there and reports
 what it measured. Both are generic over their validated parameters
 (``class DLG(Attack[DLGParams])``, ``class Pruning(Defence[PruningParams])``), so
 ``self.params`` has the plugin's own type. Plugins are registered through Python
@@ -53,6 +54,7 @@ from torch import nn
 from fedsim.threat import KNOWLEDGE, Knowledge, Position
 
 __all__ = [
+    "CLIENT_STAGES",
     "KNOWLEDGE",
     "STAGE_HOOKS",
     "Attack",
@@ -65,6 +67,7 @@ __all__ = [
     "Position",
     "Reconstruction",
     "Regulariser",
+    "SecureAggregation",
     "Stage",
     "Status",
     "TrainingResult",
@@ -79,7 +82,7 @@ UpdateKind = Literal["gradient", "delta"]
 
 Status = Literal["ok", "failed", "unsupported"]
 
-Stage = Literal["upload", "training", "aggregate"]
+Stage = Literal["upload", "training", "aggregate", "secure_aggregation"]
 """Where a defence acts, and so which attacker it can protect against:
 
 - ``upload``: on each client's update, on the client, before it leaves
@@ -91,7 +94,17 @@ Stage = Literal["upload", "training", "aggregate"]
   (central DP). An attacker at the server sees the raw uploads before this
   stage, so it is not protected; a participant sees only the defended
   aggregate.
+- ``secure_aggregation``: on the exchange between the clients and the server
+  (SecAgg+): each client masks its upload, and the server unmasks only the
+  round's sum (FedAvg's mean). An attacker at the server then sees what a
+  participant sees, the aggregate, and never an individual upload. ``upload``
+  and ``training`` defences still act on each client's update before it is
+  masked; ``aggregate`` defences, which combine the individual uploads, cannot
+  run with it.
 """
+
+CLIENT_STAGES: tuple[Stage, ...] = ("training", "upload")
+"""The stages that act on a client, before its update leaves it."""
 
 Update = dict[str, torch.Tensor]
 """A model update keyed by parameter name (``model.named_parameters()``)."""
@@ -320,6 +333,44 @@ class TrainingResult:
     measurements: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SecureAggregation:
+    """The parameters of secure aggregation for rounds of a given number of clients, as
+    a ``secure_aggregation``-stage defence returns them (:meth:`Defence.secure_aggregation`).
+
+    The protocol is SecAgg+ (Bell et al., CCS 2020); with :attr:`num_shares` equal to
+    the round's clients it is SecAgg (Bonawitz et al., CCS 2017). Each client shares its
+    secrets (its masks' seeds) with its neighbours; the server unmasks the sum only when
+    enough shares come back.
+
+    Attributes:
+        num_shares: k, the clients each client shares its secrets with, itself
+            included (its neighbourhood); k equal to the round's clients is SecAgg's
+            complete graph, a smaller k must be odd.
+        reconstruction_threshold: t, the shares that reconstruct a secret
+            (2 ≤ t < k). The server unmasks the sum only if at least t of every
+            client's neighbourhood are left, so the sum holds at least t clients'
+            uploads, and up to k − t of each neighbourhood may drop out.
+        clipping_range: c: each coordinate of a client's weighted update (the update
+            times its weight over :attr:`max_weight`) is clipped to [−c, c].
+        quantization_range: T: [−c, c] is mapped onto the integers 0..T by
+            stochastic rounding; the round's clients times T must stay below the
+            masks' modulus (2³²), or the sum overflows.
+        max_weight: the largest weight (example count) a client may report; a
+            client's resolution is about 2c · max_weight / (T · its weight).
+            ``None``: fedsim derives it from the data.
+        timeout: seconds the server waits for each of the protocol's four
+            exchanges; ``None``: the federation's ``round_timeout``.
+    """
+
+    num_shares: int
+    reconstruction_threshold: int
+    clipping_range: float
+    quantization_range: int
+    max_weight: float | None = None
+    timeout: float | None = None
+
+
 class Defence(Generic[D]):
     """A defence plugin. It declares where it acts and implements the hook of that stage.
 
@@ -339,7 +390,8 @@ class Defence(Generic[D]):
     The hook of each stage (the others keep their default, which raises):
 
     - ``upload``: :meth:`apply`; ``training``: :meth:`train`;
-      ``aggregate``: :meth:`aggregate`.
+      ``aggregate``: :meth:`aggregate`; ``secure_aggregation``:
+      :meth:`secure_aggregation`.
 
     Measurements are plain floats keyed by name. fedsim reads these keys
     where present: ``noise_std`` (configured std of the noise per coordinate,
@@ -347,6 +399,13 @@ class Defence(Generic[D]):
     of the noise actually drawn), ``noise_to_update_norm`` (L2 norm of the
     noise over that of what it was added to), ``epsilon`` and ``delta`` (the
     privacy spent so far, for defences with an accountant).
+
+    Under secure aggregation, an ``upload``-stage defence that accounts with
+    fedsim's Gaussian accountant (:mod:`fedsim.privacy.accounting`) and keeps it
+    as its ``accountant`` attribute (``dp_gaussian`` on the client) also reports
+    ``epsilon_sum`` and ``delta_sum``: the client's ε against an observer who sees
+    only the sum of at least ``reconstruction_threshold`` uploads
+    (:func:`fedsim.scenario.secure_aggregation.sum_privacy`).
 
     A defence with a formal guarantee names in :attr:`public_measurements`
     those of its measurements that depend only on its parameters and its
@@ -424,6 +483,16 @@ class Defence(Generic[D]):
         """
         raise NotImplementedError(f"defence {self.name!r} does not aggregate")
 
+    def secure_aggregation(self, clients: int) -> SecureAggregation:
+        """``secure_aggregation`` stage: the protocol's parameters for rounds of
+        ``clients`` clients.
+
+        Raises:
+            ValueError: the protocol cannot run with ``clients`` per round (the
+                message says why).
+        """
+        raise NotImplementedError(f"defence {self.name!r} does not aggregate securely")
+
     def state_dict(self) -> dict[str, Any]:
         """State to keep across rounds (JSON-serialisable); empty by default."""
         return {}
@@ -432,7 +501,12 @@ class Defence(Generic[D]):
         """Restore what :meth:`state_dict` returned in an earlier round."""
 
 
-STAGE_HOOKS: dict[str, str] = {"upload": "apply", "training": "train", "aggregate": "aggregate"}
+STAGE_HOOKS: dict[str, str] = {
+    "upload": "apply",
+    "training": "train",
+    "aggregate": "aggregate",
+    "secure_aggregation": "secure_aggregation",
+}
 """The :class:`Defence` method each stage calls."""
 
 

@@ -30,6 +30,7 @@ STAGE_NAMES = {
     "upload": "the client's upload",
     "training": "the client's training",
     "aggregate": "the server's aggregate",
+    "secure_aggregation": "the exchange of uploads (masked: secure aggregation)",
 }
 
 

@@ -41,6 +41,8 @@ from fedsim.federation.progress import AttackScored, Event, RoundDone
 from fedsim.federation.scoring import GROUND_TRUTH_NOTES, ScoringMode
 from fedsim.registry import discover
 from fedsim.results.images import save_grid
+from fedsim.results.leaderboard import is_leaderboard, leaderboard_csv, leaderboard_entries
+from fedsim.results.leaderboard_plots import save_leaderboard_plot
 from fedsim.results.plots import save_accuracy_curves, save_loss_curves
 from fedsim.results.round_plots import save_round_plots
 from fedsim.results.run_lock import RunDirectoryInUse, RunLock
@@ -231,6 +233,10 @@ def write_outputs(store: ResultsStore, run_dir: Path) -> None:
         plots.append({"path": "accuracy.png", "title": "test accuracy per round"})
     atomic_write(run_dir / "sweep.csv", sweep_csv(store.data))
     plots += save_sweep_plots(store.data, run_dir)
+    if is_leaderboard(store.data):
+        atomic_write(run_dir / "leaderboard.csv", leaderboard_csv(store.data))
+        if save_leaderboard_plot(leaderboard_entries(store.data), run_dir / "leaderboard.png"):
+            plots.append({"path": "leaderboard.png", "title": "defence leaderboard"})
     plots += save_round_plots(store.data, run_dir)
     store.set_plots(plots)
 

@@ -1,12 +1,14 @@
 """Helpers for the tests that run ``fedsim run`` on small scenarios, some in child
 processes: a tiny data section, a scenario file from a dict, a child's environment,
-the run directory's results, and a shipped scenario run in-process."""
+the run directory's results, a shipped scenario run in-process, and a run whose
+federations are replaced by a fake."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +66,20 @@ def run_shipped(name: str, out: Path, *overrides: str) -> dict[str, Any]:
 def accuracy_curve(results: dict[str, Any], trial: int = 0) -> dict[int, float]:
     """A trial's test accuracy by round (0: before round 1)."""
     return {int(r): a for r, a in results["trials"][trial]["accuracy"].items()}
+
+
+def run_faked(folder: Path, scenario: str, federation: Callable[..., None]) -> tuple[Path, str]:
+    """Run the scenario file text ``scenario`` in ``folder`` with ``federation`` in place of
+    each trial's Flower federation (``runner.run_trial``'s signature); returns the run
+    directory and the run's status."""
+    import pytest
+    from rich.console import Console
+
+    import fedsim.federation.runner as runner
+    from fedsim.run import run_scenario
+
+    source = folder / "scenario.toml"
+    source.write_text(scenario, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "run_trial", federation)
+        return run_scenario(source, [], folder / "run", Console(quiet=True))

@@ -132,6 +132,10 @@ def test_defence_tiny_run(name: str) -> None:
     shapes = {k: v.shape for k, v in update.items()}
 
     for stage in cls.stages:
+        if stage == "secure_aggregation":
+            protocol = defence.secure_aggregation(3)
+            assert 2 <= protocol.reconstruction_threshold < protocol.num_shares <= 3
+            continue
         if stage == "upload":
             out, measurements = defence.apply(update, generator)
         elif stage == "aggregate":

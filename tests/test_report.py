@@ -15,6 +15,7 @@ import torch
 from browser import render, screenshot
 from markupsafe import escape
 from rich.console import Console
+from run_helpers import run_faked
 
 import fedsim.federation.runner as runner
 import fedsim.report
@@ -132,12 +133,7 @@ def fake_federation(
 
 @pytest.fixture(scope="module")
 def big_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("big")
-    source = folder / "big.toml"
-    source.write_text(SCENARIO, encoding="utf-8")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "run_trial", fake_federation)
-        run_dir, status = run_scenario(source, [], folder / "run", Console(quiet=True))
+    run_dir, status = run_faked(tmp_path_factory.mktemp("big"), SCENARIO, fake_federation)
     assert status == "partial"
     return run_dir
 

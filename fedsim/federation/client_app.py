@@ -13,6 +13,10 @@ batch goes along (simulation only) when the server asks for it
 (``share_truth``); it is used to score reconstructions and never reaches an
 attack.
 
+Under secure aggregation the train instruction comes in SecAgg+'s masking stage,
+the reply leaves masked (:mod:`fedsim.federation.secure_client`), and a train
+message outside the protocol is refused: the update never leaves in clear.
+
 The messages are defined in :mod:`fedsim.federation.protocol`.
 """
 
@@ -38,11 +42,13 @@ from fedsim.federation.protocol import (
     TrainReply,
     Truth,
 )
+from fedsim.federation.secure_client import masking_mod
 from fedsim.federation.threads import torch_threads
 from fedsim.metrics import pair_scores
 from fedsim.models.allowed import check_allowed
 from fedsim.privacy.noise import ENGINE_NOISE, NoiseSource, noise_generator
 from fedsim.scenario import Scenario
+from fedsim.scenario.secure_aggregation import secure_sum
 from fedsim.training.local import fedsgd_positions, train_locally
 from fedsim.training.objective import training_objective
 from fedsim.trial_inputs import derive_seed, federated_data, model_factory
@@ -175,8 +181,9 @@ def make_client_app(simulated: bool) -> ClientApp:
             only the models the node allows (:mod:`fedsim.models.allowed`).
     """
     app = ClientApp()
+    noise = ENGINE_NOISE["simulation" if simulated else "deployment"]
 
-    @app.train()
+    @app.train(mods=[masking_mod(noise)])
     def train(msg: Message, context: Context) -> Message:
         instruction = TrainInstruction.from_message(msg)
         partition = _partition(instruction.to, context, simulated)
@@ -190,6 +197,12 @@ def make_client_app(simulated: bool) -> ClientApp:
             raise PermissionError(
                 "this client does not send its data; score reconstructions on the client"
             )
+        secure = secure_sum(scenario)
+        if secure is not None and protocol.secagg_stage(msg) is None:
+            raise PermissionError(
+                "this scenario aggregates securely: the update leaves only masked, in a "
+                "SecAgg+ round"
+            )
         with torch_threads(scenario.threads):
             reply, batch = local_update(
                 scenario,
@@ -197,7 +210,7 @@ def make_client_app(simulated: bool) -> ClientApp:
                 instruction.to.server_round,
                 instruction.parameters,
                 defence_state,
-                ENGINE_NOISE["simulation" if simulated else "deployment"],
+                noise,
             )
         if not simulated:
             save_defence_state(context, defence_state)
@@ -206,7 +219,12 @@ def make_client_app(simulated: bool) -> ClientApp:
             truth=batch if instruction.share_truth else None,
             client_state=defence_state if simulated else None,
         )
-        return Message(content=reply.to_content(), reply_to=msg)
+        content = (
+            reply.to_content()
+            if secure is None
+            else reply.to_masked_content(secure.weight(reply.num_examples))
+        )
+        return Message(content=content, reply_to=msg)
 
     @app.query(protocol.PARTITION_QUERY_ACTION)
     def partition(msg: Message, context: Context) -> Message:

@@ -24,14 +24,13 @@ from typing import Any
 
 import torch
 
-from fedsim.api import Defence, Update
+from fedsim.api import CLIENT_STAGES, Defence, Update
 from fedsim.federation.protocol import DefenceReport
 from fedsim.privacy.noise import NoiseSource, noise_generator, weighted_mean
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario
+from fedsim.scenario.secure_aggregation import secure_sum, sum_privacy
 from fedsim.trial_inputs import derive_seed
-
-CLIENT_STAGES = ("training", "upload")
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,8 @@ class ClientDefences:
     ``noise`` chooses their randomness: ``seeded`` (simulation) or ``os-entropy``
     (deployment). While a defence with a formal guarantee acts (:attr:`guarded`),
     only what :meth:`report` lets through of the measurements leaves the client.
+    Under secure aggregation an upload defence's report also gives its ε against
+    the server, which sees only the sum (:func:`~fedsim.scenario.secure_aggregation.sum_privacy`).
     """
 
     def __init__(
@@ -76,6 +77,9 @@ class ClientDefences:
                 item.defence.load_state_dict(state[str(item.index)])
         self._acting = sorted(self.active, key=lambda a: a.defence.stage != "training")
         """The defences in the order they act: the trainer, then the uploads' in order."""
+        secure = secure_sum(scenario)
+        self._summed_by = None if secure is None else secure.protocol.reconstruction_threshold
+        """The fewest uploads in the sum the server sees, under secure aggregation."""
 
     @property
     def trainer(self) -> ActiveDefence | None:
@@ -109,7 +113,9 @@ class ClientDefences:
         self, update: Update, server_round: int, partition_id: int
     ) -> tuple[Update, list[DefenceReport]]:
         """Apply the ``upload``-stage defences in order; returns the upload and, in
-        that order, the measurements that may leave the client (:meth:`report`)."""
+        that order, the measurements that may leave the client (:meth:`report`, and
+        under secure aggregation the ε of the sum, which depends only on the
+        defence's parameters and accountant)."""
         reports: list[DefenceReport] = []
         for item in self.active:
             if item.defence.stage != "upload":
@@ -118,7 +124,11 @@ class ClientDefences:
                 derive_seed(self.scenario.seed, "defence", item.index, server_round, partition_id)
             )
             update, measured = item.defence.apply(update, noise_generator(self.noise, seeded))
-            reports.append(self.report(item, measured))
+            report = self.report(item, measured)
+            if self._summed_by is not None:
+                summed = sum_privacy(item.defence, self._summed_by)
+                report = DefenceReport(item.index, {**report.values, **summed})
+            reports.append(report)
         return update, reports
 
     def save_state(self, state: MutableMapping[str, Any]) -> None:

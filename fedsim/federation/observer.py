@@ -1,8 +1,9 @@
 """The round attacker: what the ServerApp's strategy hands to attackers each round.
 
 For every configured attack it builds the :class:`~fedsim.api.Observation` its
-position allows (``server``: each client's upload; ``participant``: the round's
-aggregate, or with ``participant_client`` the others' update isolated from it),
+position allows (``server``: each client's upload, or under secure aggregation only
+the round's aggregate, as a participant; ``participant``: the round's aggregate, or
+with ``participant_client`` the others' update isolated from it),
 runs the plugin, has the result scored against the ground truth (by the
 :class:`~fedsim.federation.scoring.Scorer`: with the truth that travelled
 separately, or on the clients), saves PNGs and appends a :class:`Record`. It
@@ -33,6 +34,7 @@ from fedsim.results.images import save_png
 from fedsim.results.schema import ImageResult, ThreatRecord
 from fedsim.results.store import Record, ResultsStore
 from fedsim.scenario import AttackConfig, DataConfig, PerceptualConfig, Scenario, Trial
+from fedsim.scenario.secure_aggregation import secure_sum
 from fedsim.threat import threat_model_record
 from fedsim.training.objective import known_regulariser
 from fedsim.trial_inputs import FederatedData, ModelFactory, derive_seed
@@ -120,6 +122,8 @@ class RoundAttacker:
             (i, config, instantiate_attack(config.name, config.params))
             for i, config in enumerate(trial.scenario.attacks)
         ]
+        self.server_sees_uploads = secure_sum(trial.scenario) is None
+        """Whether the server holds each upload, or (secure aggregation) only their mean."""
 
     def on_round(
         self,
@@ -130,7 +134,9 @@ class RoundAttacker:
         aggregate_measurements: Sequence[DefenceReport] = (),
     ) -> None:
         """Attack this round's uploads; ``start`` are the parameters clients started from,
-        ``aggregate_measurements`` what the server's aggregate defence reported."""
+        ``aggregate_measurements`` what the server's aggregate defence (or secure
+        aggregation) reported. Under secure aggregation the uploads' ``update`` is
+        empty and no attack reads it."""
         self.store.add_round_defences(
             self.trial.index,
             server_round,
@@ -211,7 +217,7 @@ class RoundAttacker:
         def labels(truth: Truth | None) -> torch.Tensor | None:
             return truth[1] if "labels" in knowledge and truth is not None else None
 
-        if config.position == "server":
+        if config.position == "server" and self.server_sees_uploads:
             targets = [
                 u for u in uploads if config.clients is None or u.partition_id in config.clients
             ]
@@ -234,6 +240,7 @@ class RoundAttacker:
                 )
                 for u in chosen
             ]
+        # A participant, or the server under secure aggregation: the round's aggregate.
         observed, update = uploads, aggregate
         if config.participant_client is not None:
             own = [u for u in uploads if u.partition_id == config.participant_client]

@@ -21,6 +21,15 @@ Message kinds:
 Defence measurements travel as one ``MetricRecord`` per defence
 (:class:`DefenceReport`), named after the defence's index in the scenario.
 
+Under secure aggregation a ``train`` exchange is a round of Flower's SecAgg+
+(:func:`secagg_stage` names the stage of its messages): the instruction comes
+with the protocol's masking stage, and the reply
+(:meth:`TrainReply.to_masked_content`) has the layout Flower's ``secaggplus_mod``
+reads, a legacy ``FitRes``: the update as the record it masks, the client's
+weight and the update's key order in clear, and the rest of the reply in clear
+but the training loss. The server reads it back without the update
+(:meth:`TrainReply.from_masked_message`).
+
 Client state across rounds (a defence's, e.g. DP-SGD's privacy accountant)
 lives on the client: in ``Context.state`` on a real node, which serves one
 partition. Simulated nodes are interchangeable stand-ins that serve a different
@@ -43,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from fedsim.api import Update
 from fedsim.metrics import PairScores
@@ -81,6 +91,17 @@ _NUM_EXAMPLES = "num-examples"
 _LOCAL_STEPS = "local-steps"
 _BATCH_SIZE = "batch-size"
 _TRAIN_LOSS = "train-loss"
+
+# A masked train reply: the records of a legacy FitRes, which secaggplus_mod reads.
+_MASKED = "fitres.parameters"
+"""The update: masked by secaggplus_mod, which empties every array record of the reply."""
+_WEIGHT = "fitres.num_examples"
+"""The client's weight in the sum (key ``num_examples``), in clear."""
+_WEIGHT_KEY = "num_examples"
+_FIT_METRICS = "fitres.metrics"
+"""Scalars only; ``update-keys``: the update's parameter names in order, as JSON."""
+_UPDATE_KEYS = "update-keys"
+_FIT_STATUS = "fitres.status"
 
 Truth = tuple[torch.Tensor, torch.Tensor]
 """A client's true batch: ``(B, C, H, W)`` images in [0, 1] and ``(B,)`` labels."""
@@ -219,11 +240,12 @@ class TrainReply:
     """A client's reply to ``train``.
 
     - ``update``: the defended upload, keyed by parameter name — the gradient
-      (``fedsgd``) or the weight delta θ_after − θ_before (``fedavg``);
+      (``fedsgd``) or the weight delta θ_after − θ_before (``fedavg``); empty in a
+      reply the server read masked (:meth:`from_masked_message`);
     - ``num_examples`` (the weight in FedAvg's mean), ``local_steps``;
     - ``batch_size`` and ``train_loss``: ``None`` while a client defence with a
       formal guarantee acts (they stay on the client; under Poisson sampling the
-      batch size is the realised one);
+      batch size is the realised one); a masked reply never carries the loss;
     - ``defences``: the measurements that may leave the client, per defence, in
       the order the defences acted;
     - ``truth`` (simulation only): the client's real batch, sent only when asked
@@ -263,12 +285,30 @@ class TrainReply:
         return metrics
 
     def to_content(self) -> RecordDict:
-        content = RecordDict(
-            {
-                _UPDATE: ArrayRecord.from_torch_state_dict(dict(self.update)),
-                _METRICS: MetricRecord(dict(self.metrics())),
-            }
-        )
+        content = self._clear_content(self.metrics())
+        content[_UPDATE] = ArrayRecord.from_torch_state_dict(dict(self.update))
+        return content
+
+    def to_masked_content(self, weight: int) -> RecordDict:
+        """The reply in ``secaggplus_mod``'s layout: the update in its key order as the
+        record the mod masks, ``weight`` (the client's weight in the sum) and the key
+        order in clear, and the rest of :meth:`to_content` in clear but the training
+        loss, a statistic of the data that the sum would otherwise hide. The mod
+        empties every other array record too: take them aside first
+        (:func:`take_clear_arrays`)."""
+        metrics = self.metrics()
+        metrics.pop(_TRAIN_LOSS, None)
+        content = self._clear_content(metrics)
+        content[_MASKED] = ArrayRecord.from_torch_state_dict(dict(self.update))
+        content[_WEIGHT] = MetricRecord({_WEIGHT_KEY: weight})
+        content[_FIT_METRICS] = ConfigRecord({_UPDATE_KEYS: json.dumps(list(self.update))})
+        content[_FIT_STATUS] = ConfigRecord({"code": 0, "message": "ok"})
+        return content
+
+    def _clear_content(self, metrics: dict[str, float]) -> RecordDict:
+        """Everything but the update: ``metrics``, the defences' reports, the truth
+        and the client's state."""
+        content = RecordDict({_METRICS: MetricRecord(dict(metrics))})
         for report in self.defences:
             if report.values:
                 content[_defence_record_name(report.index)] = MetricRecord(dict(report.values))
@@ -284,6 +324,17 @@ class TrainReply:
     @classmethod
     def from_message(cls, message: Message) -> TrainReply:
         content = message.content
+        update = dict(content.array_records[_UPDATE].to_torch_state_dict())
+        return cls._from_content(content, update)
+
+    @classmethod
+    def from_masked_message(cls, message: Message) -> TrainReply:
+        """A reply in :meth:`to_masked_content`'s layout, as the server holds it: all but
+        the update, which it has only masked (``update`` is empty)."""
+        return cls._from_content(message.content, {})
+
+    @classmethod
+    def _from_content(cls, content: RecordDict, update: Update) -> TrainReply:
         metrics = {k: _number(v) for k, v in content.metric_records[_METRICS].items()}
         defences = []
         for name, record in content.metric_records.items():
@@ -297,7 +348,7 @@ class TrainReply:
         state = content.config_records.get(_CLIENT_STATE)
         return cls(
             partition_id=int(metrics[_PARTITION_ID]),
-            update=dict(content.array_records[_UPDATE].to_torch_state_dict()),
+            update=update,
             num_examples=int(metrics[_NUM_EXAMPLES]),
             local_steps=int(metrics[_LOCAL_STEPS]),
             batch_size=int(metrics[_BATCH_SIZE]) if _BATCH_SIZE in metrics else None,
@@ -306,6 +357,28 @@ class TrainReply:
             truth=truth,
             client_state=None if state is None else state_of(state),
         )
+
+
+def masked_update_keys(message: Message) -> list[str]:
+    """The parameter names of a masked reply's update, in the order of its arrays."""
+    keys: list[str] = json.loads(str(message.content.config_records[_FIT_METRICS][_UPDATE_KEYS]))
+    return keys
+
+
+def take_clear_arrays(content: RecordDict) -> dict[str, ArrayRecord]:
+    """Remove from a masked reply's ``content``, and return, its array records that
+    travel in clear (the truth): all but the update."""
+    names = [name for name in content.array_records if name != _MASKED]
+    return {name: content.array_records.pop(name) for name in names}
+
+
+def secagg_stage(message: Message) -> str | None:
+    """The stage of Flower's SecAgg+ a server message belongs to (``setup``,
+    ``share_keys``, ``collect_masked_vectors`` or ``unmask``); ``None`` outside the
+    protocol."""
+    configs = message.content.config_records.get(RECORD_KEY_CONFIGS)
+    stage = None if configs is None else configs.get(Key.STAGE)
+    return None if stage is None else str(stage)
 
 
 def reply_contents(content: RecordDict) -> set[str]:

@@ -18,14 +18,13 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.run import Run
 
 from fedsim.federation.client_app import make_client_app
-from fedsim.federation.nodes import PULL_INTERVAL, SimulatedNodes
+from fedsim.federation.nodes import PULL_INTERVAL, DelegatingGrid, SimulatedNodes
 from fedsim.federation.progress import Event, Note, Progress
 from fedsim.federation.runtime import SimulationRuntime, logs_to
 from fedsim.federation.scoring import ScoringMode
@@ -45,31 +44,15 @@ def _check(stop: StopRequest) -> None:
         raise FederationStopped(f"stop requested ({describe(stop.signum)})")
 
 
-class StoppableGrid(Grid):
+class StoppableGrid(DelegatingGrid):
     """The ServerApp's ``grid``, raising :class:`FederationStopped` at every call that
     looks for nodes or replies once ``stop`` is requested, so that a ServerApp
     waiting for its clients stops within :data:`~fedsim.federation.nodes.PULL_INTERVAL`
     seconds. Otherwise it is ``grid``."""
 
     def __init__(self, grid: Grid, stop: StopRequest) -> None:
-        self._grid, self._stop = grid, stop
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+        super().__init__(grid)
+        self._stop = stop
 
     def get_node_ids(self) -> Iterable[int]:
         _check(self._stop)

@@ -9,6 +9,11 @@ or let the scenario's ``aggregate``-stage defence combine them — apply the
 result (:class:`~fedsim.federation.server_step.ServerStep`), and hand the
 round to the :class:`~fedsim.federation.observer.RoundAttacker`).
 
+Under secure aggregation the strategy's grid is a
+:class:`~fedsim.federation.secure_server.SecAggPlusGrid`: the train instructions
+go out in a SecAgg+ round, and ``aggregate_train`` gets the unmasked mean with
+the clear metadata of the uploads in it, never an upload itself.
+
 :func:`run_federation` runs one trial on a Flower ``Grid``; the ServerApps of
 the simulation (``runner.py``) and of the deployment engine (``deployment.py``)
 both call it.
@@ -33,8 +38,9 @@ from fedsim.federation.defence_stages import ServerAggregation
 from fedsim.federation.nodes import NodePlacement, error_summary
 from fedsim.federation.observer import RoundAttacker
 from fedsim.federation.progress import ClientsFailed, Progress, RoundDone
-from fedsim.federation.protocol import Addressee, TrainInstruction, TrainReply
+from fedsim.federation.protocol import Addressee, DefenceReport, TrainInstruction, TrainReply
 from fedsim.federation.scoring import OnClientScorer, Scorer, ScoringMode, SharedTruthScorer
+from fedsim.federation.secure_server import SecAggPlusGrid, round_report
 from fedsim.federation.server_step import ServerStep
 from fedsim.federation.threads import torch_threads
 from fedsim.models.checkpoint import start_model
@@ -42,6 +48,7 @@ from fedsim.privacy.noise import NoiseSource
 from fedsim.results.schema import FailedClient
 from fedsim.results.store import ResultsStore
 from fedsim.scenario import Scenario, Trial
+from fedsim.scenario.secure_aggregation import largest_examples, secure_sum
 from fedsim.trial_inputs import (
     FederatedData,
     ModelFactory,
@@ -50,6 +57,10 @@ from fedsim.trial_inputs import (
     model_factory,
     resolve_device,
 )
+
+Combined = tuple[list[TrainReply], Update, list[DefenceReport]]
+"""A round's uploads as the server holds them, their aggregate, and the measurements of
+whatever combined them on the server."""
 
 
 class AttackedFedAvg(FedAvg):
@@ -64,11 +75,13 @@ class AttackedFedAvg(FedAvg):
         sent: Callable[[set[str]], None],
         noise: NoiseSource,
         share_truth: bool,
+        secure_grid: SecAggPlusGrid | None = None,
     ) -> None:
         """``failures`` receives each round's failed clients; ``sent`` the names of what
         the round's train replies carried (:func:`~fedsim.federation.protocol.reply_contents`);
         ``noise`` is where the aggregate defence draws its noise from; ``share_truth``
-        asks the clients for their true batch."""
+        asks the clients for their true batch; ``secure_grid``, the grid the strategy
+        is started on under secure aggregation, hands over each round's outcome."""
         fed = scenario.federation
         super().__init__(
             fraction_train=1.0,
@@ -80,6 +93,7 @@ class AttackedFedAvg(FedAvg):
         )
         self.scenario, self.attacker, self.nodes = scenario, attacker, nodes
         self.failures, self.report_sent, self.share_truth = failures, sent, share_truth
+        self.secure_grid = secure_grid
         self.scenario_json = scenario.model_dump_json()
         self.aggregation = ServerAggregation(scenario, noise)
         self.server_step = ServerStep(fed.protocol, fed.lr, fed.server_momentum)
@@ -110,32 +124,74 @@ class AttackedFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        failures = self._failures(server_round, replies)
-        if failures:
-            self.failures(failures)
-        answered = [m for m in replies if not m.has_error()]
-        self.report_sent(set().union(*(protocol.reply_contents(m.content) for m in answered)))
-        received = [(m.metadata.src_node_id, TrainReply.from_message(m)) for m in answered]
-        if self.nodes.stand_ins:
-            for node, reply in received:
-                if reply.client_state is not None:
-                    self._client_state[self._sent[node]] = reply.client_state
-        uploads = [reply for _, reply in received]
-        if not uploads:
-            return None, None
-        aggregate, aggregate_measurements = self.aggregation(
-            server_round, [u.update for u in uploads], [u.num_examples for u in uploads]
+        combined = (
+            self._averaged(server_round, list(replies))
+            if self.secure_grid is None
+            else self._unmasked(server_round, self.secure_grid)
         )
+        if combined is None:
+            return None, None
+        uploads, aggregate, aggregate_measurements = combined
         new_state = self.server_step(self._start, aggregate)
         self.attacker.on_round(
             server_round, self._start, uploads, aggregate, aggregate_measurements
         )
         summary: dict[str, MetricRecordValues] = {"clients": len(uploads)}
         losses = [(u.train_loss, u.num_examples) for u in uploads if u.train_loss is not None]
-        if losses:  # none under a client-side formal guarantee
+        if losses:  # none under a client-side formal guarantee or secure aggregation
             summary["train-loss"] = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
         return ArrayRecord.from_torch_state_dict(new_state), MetricRecord(summary)
+
+    def _averaged(self, server_round: int, replies: list[Message]) -> Combined | None:
+        """The uploads, their aggregate (FedAvg's mean or the aggregate defence's) and
+        the aggregate defence's measurements; ``None`` when no upload came."""
+        answered = [m for m in replies if not m.has_error()]
+        uploads = self._received(
+            self._failures(server_round, replies), answered, TrainReply.from_message
+        )
+        if not uploads:
+            return None
+        aggregate, measurements = self.aggregation(
+            server_round, [u.update for u in uploads], [u.num_examples for u in uploads]
+        )
+        return uploads, aggregate, measurements
+
+    def _unmasked(self, server_round: int, grid: SecAggPlusGrid) -> Combined | None:
+        """The round's SecAgg+ outcome: the uploads in the sum (metadata only), their
+        unmasked mean in the model's dtypes, and the protocol's measurements; ``None``
+        when the protocol halted."""
+        outcome = grid.take_round()
+        failures = [
+            FailedClient(
+                round=server_round, client=self._sent[node], kind=why.kind, error=why.reason
+            )
+            for node, why in outcome.dropped.items()
+        ]
+        uploads = self._received(failures, outcome.replies, TrainReply.from_masked_message)
+        if outcome.mean is None:
+            return None
+        aggregate = {
+            k: torch.from_numpy(v).to(self._start[k].dtype) for k, v in outcome.mean.items()
+        }
+        return uploads, aggregate, [round_report(grid.secure, len(uploads), len(failures))]
+
+    def _received(
+        self,
+        failures: list[FailedClient],
+        answered: list[Message],
+        read: Callable[[Message], TrainReply],
+    ) -> list[TrainReply]:
+        """Report the round's ``failures`` and what the ``answered`` replies carried,
+        keep the state of stand-in nodes' partitions, and return the replies read."""
+        if failures:
+            self.failures(sorted(failures, key=lambda f: f.client))
+        self.report_sent(set().union(*(protocol.reply_contents(m.content) for m in answered)))
+        received = [(m.metadata.src_node_id, read(m)) for m in answered]
+        if self.nodes.stand_ins:
+            for node, reply in received:
+                if reply.client_state is not None:
+                    self._client_state[self._sent[node]] = reply.client_state
+        return [reply for _, reply in received]
 
     def _failures(self, server_round: int, replies: list[Message]) -> list[FailedClient]:
         """Error replies, and sampled clients with no reply within ``round_timeout``."""
@@ -158,7 +214,7 @@ class AttackedFedAvg(FedAvg):
             for node, p in self._sent.items()
             if node not in answered
         ]
-        return sorted(failures, key=lambda f: f.client)
+        return failures
 
 
 def test_accuracy(
@@ -214,6 +270,14 @@ def run_federation(
             progress(RoundDone(server_round, fed.rounds, accuracy))
         return MetricRecord({"accuracy": accuracy})
 
+    secure = secure_sum(scenario)
+    secure_grid = (
+        None
+        if secure is None
+        else SecAggPlusGrid(
+            grid, secure, secure.max_weight(largest_examples(scenario, data.shards.sizes()))
+        )
+    )
     with torch_threads(scenario.threads):
         model, start_info = start_model(
             factory, scenario.model, data.shards.train, derive_seed(scenario.seed, "pretrain")
@@ -227,8 +291,9 @@ def run_federation(
             lambda names: store.add_client_sent(trial.index, names),
             store.client_noise,
             share_truth=scoring == "shared-truth",
+            secure_grid=secure_grid,
         ).start(
-            grid=grid,
+            grid=grid if secure_grid is None else secure_grid,
             initial_arrays=ArrayRecord.from_torch_state_dict(model.state_dict()),
             num_rounds=fed.rounds,
             timeout=fed.round_timeout,

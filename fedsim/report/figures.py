@@ -20,6 +20,10 @@ EXPLANATIONS = {
     "little leaked).",
     "sweep_epsilon.png": "The formal privacy guarantee at each setting: ε spent by the end "
     "(smaller = stronger; settings without noise have none).",
+    "leaderboard.png": "Every defence set at its strengths: the best attack's PSNR (top) and "
+    "SSIM (bottom) against the model's test accuracy, one panel per attacker position; each "
+    "point is labelled with its strength, the black star is the undefended run. Good defences "
+    "sit bottom-right.",
     "accuracy.png": "How well the global model learned: its test accuracy after each round "
     "(round 0 is the untrained model). A flat line at 1 / number of classes means it did not "
     "learn.",
@@ -58,7 +62,7 @@ class Figure:
 def plots(embed: Embedder, results: RunResults, names: tuple[str, ...] | None) -> list[Figure]:
     """The listed plots among ``names`` (all the others when ``None``), in that order."""
     listed = results.plots or []
-    known = (*SWEEP, "accuracy.png", "loss_curves.png", *SHOWN_ELSEWHERE)
+    known = (*SWEEP, "leaderboard.png", "accuracy.png", "loss_curves.png", *SHOWN_ELSEWHERE)
     chosen = [p for p in listed if (p.path in names if names is not None else p.path not in known)]
     if names is not None:
         chosen.sort(key=lambda p: names.index(p.path))

@@ -12,6 +12,7 @@ from fedsim.report.audit import audits
 from fedsim.report.embed import Embedder
 from fedsim.report.figures import SWEEP, plots
 from fedsim.report.gallery import gallery, overview
+from fedsim.report.leaderboard import leaderboard
 from fedsim.report.leakage import GLOSSARY, attack_table, findings, legend, point_table
 from fedsim.report.problems import problems
 from fedsim.report.provenance import provenance, setup_sentence
@@ -58,6 +59,13 @@ def build_page(run: RunFiles) -> str:
             "glance", "One image across the sweep", "strip.html", overview(embed, results), True
         ),
         Section("sweep", "The sweep", "plots.html", plots(embed, results, SWEEP), True),
+        Section(
+            "leaderboard",
+            "Defence leaderboard",
+            "leaderboard.html",
+            leaderboard(embed, results),
+            optional=True,
+        ),
         Section(
             "leakage",
             "Leakage per attack",

@@ -156,10 +156,22 @@ def setup_sentence(run: RunFiles) -> str:
         f"round{'s' if fed['rounds'] != 1 else ''} of "
         f"{PROTOCOLS.get(fed['protocol'], fed['protocol'])}, batch size {fed['batch_size']}."
     ]
-    defences = raw.get("defences") or s.get("defences") or []
-    lines.append(
-        "Defences: " + ("; ".join(_with_params(d) for d in defences) if defences else "none") + "."
-    )
+    sets = raw.get("defence_sets")
+    if isinstance(sets, list) and sets:
+        described = [
+            f"{entry.get('label') or 'set'}: "
+            + ("; ".join(_with_params(d) for d in entry.get("defences", [])) or "none")
+            for entry in sets
+            if isinstance(entry, dict)
+        ]
+        lines.append(f"Defence sets compared ({len(described)}): " + " | ".join(described) + ".")
+    else:
+        defences = raw.get("defences") or s.get("defences") or []
+        lines.append(
+            "Defences: "
+            + ("; ".join(_with_params(d) for d in defences) if defences else "none")
+            + "."
+        )
     attacks = [
         f"{a['name']} at the {a['position']}"
         + (

@@ -35,6 +35,7 @@ def _side(rounds: list[Measured]) -> dict[str, float | None]:
     """ε (largest over rounds; several accountants add up), δ, and noise (mean over
     rounds; several noise sources add as independent variances) of one side."""
     epsilons = [sum(_by_name(m, "epsilon")) for m in rounds if _by_name(m, "epsilon")]
+    sums = [sum(_by_name(m, "epsilon_sum")) for m in rounds if _by_name(m, "epsilon_sum")]
     deltas = [sum(_by_name(m, "delta")) for m in rounds if _by_name(m, "delta")]
     stds = [_root_sum_square(_by_name(m, "measured_noise_std")) for m in rounds
             if _by_name(m, "measured_noise_std")]  # fmt: skip
@@ -42,6 +43,7 @@ def _side(rounds: list[Measured]) -> dict[str, float | None]:
               if _by_name(m, "noise_to_update_norm")]  # fmt: skip
     return {
         "epsilon": max(epsilons) if epsilons else None,
+        "epsilon_sum": max(sums) if sums else None,
         "delta": max(deltas) if deltas else None,
         "noise_std": float(np.mean(stds)) if stds else None,
         "noise_ratio": float(np.mean(ratios)) if ratios else None,
@@ -53,7 +55,9 @@ def point_summary(trial: TrialResult) -> dict[str, Any]:
 
     Returns ``test_accuracy`` (after the last round); ``epsilon_client`` (the
     worst client's ε so far, from client-side accountants: local DP, DP-SGD)
-    and ``epsilon_server`` (ε of the server's aggregate defence), ``None``
+    and ``epsilon_server`` (ε of the server's aggregate defence), ``epsilon_sum`` (under
+    secure aggregation, the worst client's ε against an observer of only the round's
+    sum, the distributed-DP view of client-side noise), ``None``
     without an accountant and ``inf`` for one that added no noise; ``delta``;
     ``client_noise_std`` / ``client_noise_ratio`` (noise the clients added, per
     coordinate and relative to the update's norm, mean over rounds) and
@@ -68,6 +72,7 @@ def point_summary(trial: TrialResult) -> dict[str, Any]:
         "test_accuracy": final_accuracy(trial),
         "epsilon_client": client["epsilon"],
         "epsilon_server": server["epsilon"],
+        "epsilon_sum": client["epsilon_sum"],
         "delta": max(deltas) if deltas else None,
         "client_noise_std": client["noise_std"],
         "client_noise_ratio": client["noise_ratio"],
@@ -79,11 +84,13 @@ def point_summary(trial: TrialResult) -> dict[str, Any]:
 def view_epsilon(summary: dict[str, Any], position: str) -> float | None:
     """The ε that covers what an attacker at ``position`` sees.
 
-    The server sees raw uploads: only client-side guarantees hold against it.
-    A participant sees the aggregate, covered by client-side guarantees (by
-    post-processing) and by the server's central one: the smaller ε applies.
+    The server sees raw uploads: only client-side guarantees hold against it, unless
+    secure aggregation hides them (``epsilon_sum``: it sees only the sum). A participant
+    sees the aggregate, covered by client-side guarantees (by post-processing), by the
+    sum's and by the server's central one: the smallest ε applies.
     """
-    if position == "server":
-        return summary["epsilon_client"]
-    found = [e for e in (summary["epsilon_client"], summary["epsilon_server"]) if e is not None]
+    keys = ["epsilon_client", "epsilon_sum"]
+    if position != "server":
+        keys.append("epsilon_server")
+    found = [summary[k] for k in keys if summary.get(k) is not None]
     return min(found) if found else None

@@ -22,7 +22,8 @@ from fedsim.results.table import point_rows, summarise
 
 LEAKAGE_COLUMNS = ("attack", "attack_index", "position", "ok", "success", "psnr", "ssim", "mse",
                    "mse_std", "label_accuracy", "label_count_accuracy", "epsilon")  # fmt: skip
-POINT_COLUMNS = ("test_accuracy", "epsilon_client", "epsilon_server", "delta", "client_noise_std",
+POINT_COLUMNS = ("test_accuracy", "epsilon_client", "epsilon_server", "epsilon_sum", "delta",
+                 "client_noise_std",
                  "client_noise_ratio", "server_noise_std", "server_noise_ratio")  # fmt: skip
 
 

@@ -38,6 +38,7 @@ POINT_COLUMNS = {
     "test_accuracy": "test acc",
     "epsilon_client": "ε client",
     "epsilon_server": "ε server",
+    "epsilon_sum": "ε of the sum",
     "delta": "δ",
     "client_noise_std": "noise std client",
     "client_noise_ratio": "client noise/‖u‖",

@@ -23,6 +23,7 @@ from fedsim.data.source import DataError
 from fedsim.models.checkpoint import CheckpointError, load_checkpoint
 from fedsim.registry import instantiate_defence
 from fedsim.scenario import Scenario, ScenarioError, Trial
+from fedsim.scenario.secure_aggregation import largest_examples, secure_sum
 from fedsim.training.racecar import UnsupportedModel, check_racecar_model, layer_weights
 from fedsim.trial_inputs import federated_data, model_factory
 
@@ -80,6 +81,24 @@ def preflight(
                 ("federation", "batch_size"),
                 f"{fed.batch_size} exceeds the smallest client shard ({smallest} samples)",
             )
+    for trial in trials:
+        _check_secure_weights(trial.scenario, source)
+
+
+def _check_secure_weights(scenario: Scenario, source: str) -> None:
+    """Secure aggregation's ``max_weight``, when set, must not be below a client's weight
+    (SecAgg+ would clip that client's weighted update, and its sum may overflow)."""
+    secure = secure_sum(scenario)
+    if secure is None or secure.uniform or secure.protocol.max_weight is None:
+        return
+    largest = largest_examples(scenario, federated_data(scenario).shards.sizes())
+    if secure.protocol.max_weight < largest:
+        raise ScenarioError(
+            source,
+            ("defences", secure.index, "max_weight"),
+            f"{secure.protocol.max_weight:g} is below the {largest} examples a client weighs "
+            "with: SecAgg+ would clip its weighted update",
+        )
 
 
 def check_resources(scenario: Scenario, source: str) -> None:

@@ -6,6 +6,7 @@ validated (:mod:`fedsim.scenario.model`, :mod:`fedsim.scenario.checks`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import re
@@ -19,7 +20,11 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from fedsim import registry
-from fedsim.scenario.checks import check_defence_stages, check_knowledge
+from fedsim.scenario.checks import (
+    check_defence_stages,
+    check_knowledge,
+    check_secure_aggregation,
+)
 from fedsim.scenario.errors import KeyPath, ScenarioError, format_path, suggest
 from fedsim.scenario.model import (
     RESERVED_ATTACK_KEYS,
@@ -173,6 +178,7 @@ def _validate_point(raw: dict[str, Any], source: str) -> Scenario:
     except ValidationError as exc:
         raise _from_pydantic(exc, source, ()) from None
     check_knowledge(scenario, source)
+    check_secure_aggregation(scenario, source)
     return scenario
 
 
@@ -202,23 +208,117 @@ def _check_sweep_size(axes: list[_Axis], source: str) -> None:
         )
 
 
+DEFENCE_SET = "defence_set"
+"""The point key that names a trial's defence set (``defence_sets``)."""
+SET_KEYS = frozenset({"label", "defences"})
+"""The keys of one ``[[defence_sets]]`` table."""
+
+
 def expand(raw: dict[str, Any], source: str) -> list[Trial]:
-    """Validate ``raw`` and return one :class:`Trial` per sweep point (grid product).
+    """Validate ``raw`` and return one :class:`Trial` per sweep point.
+
+    Without ``defence_sets`` the points are the grid product of the sweep axes. With
+    it (a list of tables ``{label, defences}``, alternatives to ``[[defences]]``), each
+    set is put in place of ``[[defences]]`` and swept as such, and the points are
+    the sets' grids one after the other, each point naming its set under
+    :data:`DEFENCE_SET` (the label, by default the defences' names joined by ``+``,
+    ``none`` for an empty set).
 
     Raises:
-        ScenarioError: an invalid point, or more than :data:`MAX_SWEEP_POINTS` points.
+        ScenarioError: an invalid point or set, or more than :data:`MAX_SWEEP_POINTS`
+            points.
     """
-    axes = _find_axes(raw, source)
-    _check_sweep_size(axes, source)
+    if "defence_sets" not in raw:
+        axes = _find_axes(raw, source)
+        _check_sweep_size(axes, source)
+        return _grid(raw, axes, {}, source)
+    variants = _defence_variants(raw, source)
+    grids = []
+    for index, (label, variant) in enumerate(variants):
+        try:
+            grids.append((label, variant, _find_axes(variant, source)))
+        except ScenarioError as exc:
+            raise _in_set(exc, index) from None
+    count = sum(math.prod(len(a.values) for a in axes) for _, _, axes in grids)
+    if count > MAX_SWEEP_POINTS:
+        raise ScenarioError(source, ("defence_sets",), f"the sets have {count:,} points, more "
+                            f"than the limit of {MAX_SWEEP_POINTS:,}")  # fmt: skip
+    trials: list[Trial] = []
+    for index, (label, variant, axes) in enumerate(grids):
+        try:
+            points = _grid(variant, axes, {DEFENCE_SET: label}, source)
+        except ScenarioError as exc:
+            raise _in_set(exc, index) from None
+        trials += [dataclasses.replace(t, index=len(trials) + i) for i, t in enumerate(points)]
+    return trials
+
+
+def _grid(
+    raw: dict[str, Any], axes: list[_Axis], fixed: dict[str, Any], source: str
+) -> list[Trial]:
+    """The grid product of ``axes`` over ``raw``, each point's values after ``fixed``."""
     trials = []
     for index, values in enumerate(itertools.product(*(a.values for a in axes))):
         point_raw = copy.deepcopy(raw)
-        point: dict[str, Any] = {}
+        point: dict[str, Any] = dict(fixed)
         for axis, value in zip(axes, values, strict=True):
             _set_path(point_raw, axis.path, value)
             point[format_path(axis.path)] = value
         trials.append(Trial(index, point, _validate_point(point_raw, source)))
     return trials
+
+
+def _defence_variants(raw: dict[str, Any], source: str) -> list[tuple[str, dict[str, Any]]]:
+    """``raw`` once per entry of its ``defence_sets``, that set's defences as its
+    ``[[defences]]``, with the set's label.
+
+    Raises:
+        ScenarioError: ``defence_sets`` beside ``[[defences]]``, not a non-empty list of
+            tables of :data:`SET_KEYS`, or two sets with the same label.
+    """
+    sets = raw["defence_sets"]
+    if "defences" in raw:
+        raise ScenarioError(source, ("defence_sets",), "give either [[defences]] or "
+                            "[[defence_sets]] (alternatives to it), not both")  # fmt: skip
+    if not isinstance(sets, list) or not sets:
+        raise ScenarioError(
+            source,
+            ("defence_sets",),
+            "must be a non-empty list of tables ([[defence_sets]], each with a label and "
+            "[[defence_sets.defences]])",
+        )
+    base = {k: v for k, v in raw.items() if k != "defence_sets"}
+    variants: list[tuple[str, dict[str, Any]]] = []
+    for index, entry in enumerate(sets):
+        where: KeyPath = ("defence_sets", index)
+        if not isinstance(entry, dict):
+            raise ScenarioError(source, where, "must be a table (label, defences)")
+        for key in entry:
+            if key not in SET_KEYS:
+                raise ScenarioError(
+                    source, (*where, key), "unknown key" + suggest(key, sorted(SET_KEYS))
+                )
+        defences = entry.get("defences", [])
+        if not isinstance(defences, list) or not all(isinstance(d, dict) for d in defences):
+            raise ScenarioError(source, (*where, "defences"), "must be a list of tables")
+        label = entry.get("label", "+".join(str(d.get("name")) for d in defences) or "none")
+        if not isinstance(label, str) or not label.strip():
+            raise ScenarioError(source, (*where, "label"), "must be a non-empty string")
+        if label in (known := [v[0] for v in variants]):
+            raise ScenarioError(
+                source,
+                (*where, "label"),
+                f"{label!r} names set {known.index(label)} too; give each set its own label",
+            )
+        variants.append((label, {**copy.deepcopy(base), "defences": copy.deepcopy(defences)}))
+    return variants
+
+
+def _in_set(exc: ScenarioError, index: int) -> ScenarioError:
+    """``exc`` about a set's ``defences`` entry, its path inside ``defence_sets[index]``."""
+    if exc.path[:1] != ("defences",):
+        return exc
+    return ScenarioError(exc.source, ("defence_sets", index, *exc.path), exc.message)
 
 
 # ---------------------------------------------------------------- files and overrides
