@@ -67,15 +67,15 @@ def secure_sum(scenario: Scenario) -> SecureSum | None:
         ValueError: the defence's protocol cannot run with the federation's
             ``clients_per_round`` (scenario validation refuses such scenarios).
     """
-    index, uniform = None, False
-    for i, config in enumerate(scenario.defences):
-        stage = defence_stage(config.name, config.params)
-        if stage == "secure_aggregation":
-            index = i
-        elif stage in CLIENT_STAGES and discover().defences[config.name].formal_guarantee:
-            uniform = True
-    if index is None:
+    stages = [defence_stage(c.name, c.params) for c in scenario.defences]
+    if "secure_aggregation" not in stages:
         return None
+    index = stages.index("secure_aggregation")
+    known = discover().defences
+    uniform = any(
+        stage in CLIENT_STAGES and c.name in known and known[c.name].formal_guarantee
+        for c, stage in zip(scenario.defences, stages, strict=True)
+    )
     config = scenario.defences[index]
     defence = instantiate_defence(config.name, config.params)
     protocol = defence.secure_aggregation(scenario.federation.clients_per_round)
